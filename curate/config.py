@@ -1,0 +1,207 @@
+"""Pipeline YAML: read with safe_load, overridden with --set, validated before any work.
+
+Every section refuses unknown keys. Any problem becomes one `ConfigError` line that names the key
+(`clips.min_duration_s: Input should be a valid number`), which the CLI prints before exiting 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from curate.stage import Stage
+
+# YAML section under `stages:` -> the class implementing it. Imported lazily: validating a config
+# must not import torch.
+STAGE_CLASSES: dict[str, str] = {
+    "motion": "filters.motion:MotionStage",
+    "text": "filters.text_overlay:TextOverlayStage",
+    "quality": "filters.quality:QualityStage",
+    "embedding": "filters.embedding:ClipEmbeddingStage",
+    "aesthetic": "filters.aesthetic:AestheticStage",
+    "dedup": "filters.dedup:DedupStage",
+    "caption": "captioning.stage:CaptionStage",
+}
+
+
+class ConfigError(ValueError):
+    """One line naming the offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class S3Config(Section):
+    endpoint_url: str | None = None
+    region: str | None = None
+    # Credentials come from the usual boto3 chain (AWS_ACCESS_KEY_ID/..., profiles) unless named here.
+    profile: str | None = None
+    access_key_env: str = "AWS_ACCESS_KEY_ID"
+    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+
+
+class InputConfig(Section):
+    # Local files, directories, globs, `s3://bucket/prefix`, `pkg://package/path/*.mp4` (files a Python
+    # package ships), or .txt/.parquet lists of URIs.
+    paths: list[str] = Field(min_length=1)
+    extensions: list[str] = [".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"]
+    # Column holding URIs when a list is a Parquet file.
+    uri_column: str = "uri"
+    limit: int | None = Field(None, ge=1)
+    s3: S3Config = S3Config()
+
+
+class OutputConfig(Section):
+    path: str
+    # A manifest part is committed once this many finished videos are buffered (or at the end).
+    videos_per_part: int = Field(64, ge=1)
+    # ...or once the oldest buffered video waited this long, so a killed run loses little work.
+    flush_interval_s: float = Field(30.0, gt=0)
+    s3: S3Config = S3Config()
+
+
+class RayConfig(Section):
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    object_store_memory: int = Field(1_000_000_000, ge=78_643_200)
+    # Concurrent videos in the split stage (None: one per CPU).
+    split_concurrency: int | None = Field(None, ge=1)
+
+
+class FramesConfig(Section):
+    # Frames sampled per clip for the scoring/captioning stages, evenly spread across the clip.
+    count: int = Field(3, ge=1, le=64)
+    # Short side of those frames, in pixels (aspect kept).
+    size: int = Field(448, ge=16)
+    # Low-resolution grayscale frames for motion and frozen-frame checks.
+    motion_fps: float = Field(2.0, gt=0)
+    motion_size: int = Field(128, ge=16)
+    # Decoder threads (0: FFmpeg decides).
+    decode_threads: int = Field(0, ge=0)
+
+
+class ShotsConfig(Section):
+    # auto: transnetv2 when a GPU is present, else adaptive.
+    detector: Literal["auto", "adaptive", "content", "transnetv2", "stride"] = "auto"
+    # Detector threshold; None keeps each detector's default.
+    threshold: float | None = None
+    min_scene_len: int = Field(15, ge=1)
+    stride_s: float = Field(10.0, gt=0)
+    # Width of the frames the detector sees (PySceneDetect detectors); TransNetV2 always uses 48x27.
+    detect_width: int = Field(256, ge=32)
+    weights: str | None = None
+
+
+class ClipsConfig(Section):
+    min_duration_s: float = Field(2.0, ge=0)
+    max_duration_s: float | None = Field(60.0, gt=0)
+    trim_s: float = Field(0.0, ge=0)
+    mode: Literal["reference", "mp4"] = "reference"
+    fps: float | None = Field(None, gt=0)
+    short_side: int | None = Field(None, ge=16)
+    crf: int = Field(20, ge=0, le=51)
+    preset: str = "veryfast"
+
+    @model_validator(mode="after")
+    def _durations(self) -> ClipsConfig:
+        if self.max_duration_s is not None and self.max_duration_s < self.min_duration_s:
+            raise ValueError("max_duration_s must be >= min_duration_s")
+        return self
+
+
+class FilterConfig(Section):
+    # Extra rules on any manifest column: `column >= value`, `<=`, `>`, `<`, `==`, `!=`.
+    rules: list[str] = []
+
+
+class PipelineConfig(Section):
+    input: InputConfig
+    output: OutputConfig
+    ray: RayConfig = RayConfig()
+    frames: FramesConfig = FramesConfig()
+    shots: ShotsConfig = ShotsConfig()
+    clips: ClipsConfig = ClipsConfig()
+    stages: dict[str, dict[str, Any]] = {}
+    filter: FilterConfig = FilterConfig()
+
+    def build_stages(self) -> list[Stage]:
+        """Instantiate the configured stages in their fixed order (validates each section)."""
+        return _build_stages(self.stages)
+
+
+def stage_class(name: str) -> type[Stage]:
+    module, cls = STAGE_CLASSES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _build_stages(sections: dict[str, dict[str, Any]]) -> list[Stage]:
+    stages = []
+    for name, section in sections.items():
+        if name not in STAGE_CLASSES:
+            raise ConfigError(f"stages.{name}: unknown stage (known: {', '.join(STAGE_CLASSES)})")
+        try:
+            stage = stage_class(name).model_validate(section or {})
+        except ValidationError as e:
+            raise ConfigError(_one_line(e, prefix=f"stages.{name}")) from None
+        if stage.enabled:
+            stages.append(stage)
+    return sorted(stages, key=lambda s: s.order)
+
+
+def _one_line(e: ValidationError, prefix: str = "") -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{loc or '<root>'}: {msg}{more}"
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`--set a.b.c=value`: value parsed as YAML, so numbers, booleans and lists keep their types."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected key.path=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{key}: '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read pipeline file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a pipeline must be a mapping of sections")
+    raw = apply_overrides(raw, list(overrides))
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from None
+    cfg.build_stages()  # validate stage sections now, before any work
+    return cfg

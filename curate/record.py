@@ -1,0 +1,121 @@
+"""The clip record: the one row that flows through every stage, and the manifest schemas.
+
+A record is a plain dict. The splitter emits one per clip; a video that yields no clip (an error,
+or every scene too short) still emits one *video-only* record with ``clip_id = None`` so that its
+videos-manifest row reaches the writer. Stages never see video-only records: the engine routes
+them around ``process_batch``.
+
+Frame arrays travel between Ray workers packed as ``{"data": bytes, "shape": [...]}`` structs
+(uint8 only), which keeps every block a plain Arrow table whatever the frame size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+
+# Columns of OUTPUT/videos. `scenes` are [start_frame, end_frame) pairs as detected, before shaping.
+VIDEO_FIELDS: list[pa.Field] = [
+    pa.field("video_id", pa.string()),
+    pa.field("source_uri", pa.string()),
+    pa.field("status", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("fps", pa.float64()),
+    pa.field("num_frames", pa.int64()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("codec", pa.string()),
+    pa.field("rotation", pa.int32()),
+    pa.field("scenes", pa.list_(pa.list_(pa.int64()))),
+    pa.field("num_clips", pa.int64()),
+]
+VIDEO_SCHEMA = pa.schema(VIDEO_FIELDS)
+
+# Base columns of OUTPUT/clips; every stage appends the columns it declares in `Stage.outputs()`.
+CLIP_FIELDS: list[pa.Field] = [
+    pa.field("clip_id", pa.string()),
+    pa.field("video_id", pa.string()),
+    pa.field("source_uri", pa.string()),
+    pa.field("path", pa.string()),
+    pa.field("start_s", pa.float64()),
+    pa.field("end_s", pa.float64()),
+    pa.field("start_frame", pa.int64()),
+    pa.field("end_frame", pa.int64()),
+    pa.field("num_frames", pa.int64()),
+    pa.field("fps", pa.float64()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("aspect_ratio", pa.float64()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("kept", pa.bool_()),
+    pa.field("filter_reasons", pa.list_(pa.string())),
+]
+
+ARRAY_TYPE = pa.struct([pa.field("data", pa.binary()), pa.field("shape", pa.list_(pa.int32()))])
+
+# In-flight only; dropped before manifests are written.
+TRANSIENT_FIELDS: list[pa.Field] = [
+    pa.field("video", pa.struct(VIDEO_FIELDS)),
+    # K x H x W x 3 RGB frames sampled across the clip at `frames.size`, and their source frame indices.
+    pa.field("frames", ARRAY_TYPE),
+    pa.field("frame_indices", pa.list_(pa.int64())),
+    # M x h x w grayscale frames at about `frames.motion_fps`, and their source frame indices.
+    pa.field("motion_frames", ARRAY_TYPE),
+    pa.field("motion_frame_indices", pa.list_(pa.int64())),
+]
+TRANSIENT_NAMES = {f.name for f in TRANSIENT_FIELDS}
+ARRAY_COLUMNS = {f.name for f in TRANSIENT_FIELDS if f.type == ARRAY_TYPE}
+
+
+def video_id_for(uri: str) -> str:
+    """Stable id from the source URI, so reruns and resumes name everything the same way."""
+    return hashlib.sha1(uri.encode("utf-8")).hexdigest()[:16]
+
+
+def clip_id_for(video_id: str, start_frame: int, end_frame: int) -> str:
+    return f"{video_id}_{start_frame:08d}_{end_frame:08d}"
+
+
+def pack_array(a: np.ndarray | None) -> dict | None:
+    if a is None:
+        return None
+    a = np.ascontiguousarray(a, dtype=np.uint8)
+    return {"data": a.tobytes(), "shape": list(a.shape)}
+
+
+def unpack_array(d: dict | None) -> np.ndarray | None:
+    if d is None:
+        return None
+    return np.frombuffer(d["data"], dtype=np.uint8).reshape(d["shape"])
+
+
+def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (with unpacked arrays) to an Arrow table of exactly `schema`; missing keys become nulls."""
+    packed = []
+    for r in rows:
+        p = dict(r)
+        for name in ARRAY_COLUMNS:
+            v = p.get(name)
+            if isinstance(v, np.ndarray):
+                p[name] = pack_array(v)
+        packed.append(p)
+    return pa.Table.from_pylist(packed, schema=schema)
+
+
+def from_table(table: pa.Table) -> list[dict]:
+    rows = table.to_pylist()
+    for r in rows:
+        for name in ARRAY_COLUMNS:
+            if name in r:
+                r[name] = unpack_array(r[name])
+    return rows
+
+
+def clip_schema(stage_fields: list[pa.Field], transient: bool = True) -> pa.Schema:
+    fields = list(CLIP_FIELDS) + list(stage_fields)
+    if transient:
+        fields += TRANSIENT_FIELDS
+    return pa.schema(fields)

@@ -1,0 +1,79 @@
+"""The stage API every scoring, filtering and captioning step implements.
+
+A stage is a small pydantic model: its fields are its YAML section (validated, unknown keys
+refused) plus the resources it asks Ray for. `setup()` loads models once per worker or actor;
+`process_batch()` takes clip records and returns them with the stage's columns filled and is
+otherwise pure. Stages that hold a model run as a Ray actor pool (`pool_size` actors, each with
+`num_gpus` of a GPU when one is present); pixel stages run as plain Ray tasks.
+
+Scores and decisions are separate: a scoring stage always writes its columns unless its mode is
+`off`; whether a threshold removes the clip is decided later by the filter stage from the
+`filter_rules()` of every stage in `filter` mode plus the pipeline's explicit rules.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from curate.models import ModelRef
+
+Mode = Literal["filter", "score-only", "off"]
+
+
+class Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    # Registry key (the stage's YAML section name) and its place in the fixed stage order.
+    name: ClassVar[str] = "stage"
+    order: ClassVar[int] = 100
+    # Stages that only make sense on clips the filter kept (captioning, transcoding) set this.
+    kept_only: ClassVar[bool] = False
+
+    mode: Mode = "score-only"
+    num_cpus: float = Field(1.0, gt=0)
+    # None: a fraction of a GPU (`gpu_fraction`) when the cluster has GPUs and the stage can use one, else 0.
+    num_gpus: float | None = Field(None, ge=0)
+    batch_size: int = Field(8, ge=1)
+    pool_size: int = Field(1, ge=1)
+
+    # Whether the stage can use a GPU at all, and how much of one it asks for by default.
+    uses_gpu: ClassVar[bool] = False
+    gpu_fraction: ClassVar[float] = 0.25
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def uses_actors(self) -> bool:
+        """Model stages keep their model loaded in a pool of actors; the rest are stateless tasks."""
+        return bool(self.models())
+
+    def outputs(self) -> list[pa.Field]:
+        """Columns this stage adds to the clips manifest (null where not computed)."""
+        return []
+
+    def models(self) -> list[ModelRef]:
+        """Weights this stage needs; resolved before any work so a missing one fails at start."""
+        return []
+
+    def filter_rules(self) -> list[str]:
+        """Threshold rules (`column op value`) applied when `mode == 'filter'`."""
+        return []
+
+    def setup(self) -> None:
+        """Load models once per worker/actor."""
+
+    def process_batch(self, clips: list[dict]) -> list[dict]:
+        raise NotImplementedError
+
+
+class GlobalStage(Stage):
+    """A stage that needs every clip at once (dedup); runs on the finished clips manifest."""
+
+    def process_manifest(self, clips: pa.Table) -> pa.Table:
+        raise NotImplementedError
