@@ -1,0 +1,366 @@
+"""Runs a pipeline on Ray Data: sources -> split (decode once, detect, shape) -> stages -> manifests.
+
+Ray Data does the scheduling, streaming and backpressure; this module only wires stages into
+`map_batches` (model stages as actor pools, pixel stages as tasks) and commits finished videos on
+the driver. Records that are video-only (no clip) or not eligible for a kept-only stage pass
+around `process_batch` untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import partial
+
+import pyarrow as pa
+
+from curate import manifest
+from curate.config import PipelineConfig
+from curate.models import ModelRef, fetch
+from curate.record import (
+    TRANSIENT_NAMES,
+    clip_schema,
+    from_table,
+    to_table,
+    video_id_for,
+)
+from curate.shots import resolve_detector_kind, transnetv2_ref
+from curate.sources import list_sources
+from curate.stage import GlobalStage, Stage
+from curate.storage import Store, local_copy
+
+log = logging.getLogger("curate")
+
+ERRORS_FIELD = pa.field("errors", pa.list_(pa.string()))
+
+
+def pipeline_stages(cfg: PipelineConfig) -> list[Stage]:
+    """Configured stages plus the filter (always) and the clip writer (mp4 mode), in order."""
+    from filters.filter import FilterStage
+
+    stages = cfg.build_stages()
+    rules = list(cfg.filter.rules)
+    for s in stages:
+        if s.mode == "filter":
+            rules += s.filter_rules()
+    stages.append(FilterStage(rules=rules))
+    if cfg.clips.mode == "mp4":
+        from curate.transcode import TranscodeStage
+
+        stages.append(
+            TranscodeStage(
+                output=cfg.output.path,
+                output_s3=cfg.output.s3,
+                input_s3=cfg.input.s3,
+                fps=cfg.clips.fps,
+                short_side=cfg.clips.short_side,
+                crf=cfg.clips.crf,
+                preset=cfg.clips.preset,
+            )
+        )
+    return sorted(stages, key=lambda s: s.order)
+
+
+def model_refs(cfg: PipelineConfig, stages: list[Stage]) -> list[ModelRef]:
+    refs = [r for s in stages for r in s.models()]
+    if resolve_detector_kind(cfg.shots) == "transnetv2":
+        refs.insert(0, transnetv2_ref(cfg.shots))
+    return refs
+
+
+def manifest_schema(stages: list[Stage], transient: bool) -> pa.Schema:
+    fields = [ERRORS_FIELD] + [f for s in stages for f in s.outputs()]
+    return clip_schema(fields, transient=transient)
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _record_metrics(metrics, stage: str, clips: int, frames: int, seconds: float) -> None:
+    if metrics is not None:
+        metrics.add.remote(stage, clips, frames, seconds)
+
+
+def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights: str | None, metrics):
+    """Ray Data UDF: one source row in, a stream of record tables out."""
+    from curate.split import split_video
+
+    for uri in batch.column("source_uri").to_pylist():
+        t0 = time.perf_counter()
+        rows: list[dict] = []
+        frames = 0
+        try:
+            with local_copy(uri, cfg.input.s3) as path:
+                for rec in split_video(uri, path, cfg, weights):
+                    if rec["clip_id"] is None and rec["video"].get("num_frames"):
+                        frames = rec["video"]["num_frames"]
+                    rows.append(rec)
+                    if len(rows) >= 4:
+                        yield to_table(rows, schema)
+                        rows = []
+        except Exception as e:  # a download or I/O failure is still only this video's failure
+            from curate.split import _video_record
+
+            rows = [_video_record(video_id_for(uri), uri, None, f"{type(e).__name__}: {e}", [], 0)]
+        if rows:
+            yield to_table(rows, schema)
+        _record_metrics(metrics, "split", 0, frames, time.perf_counter() - t0)
+
+
+class StageRunner:
+    """Adapts a Stage to Ray Data: unpacks arrays, routes eligible records through process_batch,
+    records a failing batch's error on its clips (never swallowed, never fatal)."""
+
+    def __init__(self, stage: Stage, schema: pa.Schema, metrics=None):
+        self.stage = stage
+        self.schema = schema
+        self.metrics = metrics
+        self.stage.setup()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        rows = from_table(table)
+        idx = [
+            i
+            for i, r in enumerate(rows)
+            if r["clip_id"] is not None and (not self.stage.kept_only or r.get("kept", True))
+        ]
+        t0 = time.perf_counter()
+        if idx:
+            batch = [rows[i] for i in idx]
+            try:
+                out = self.stage.process_batch(batch)
+                if len(out) != len(batch):
+                    raise RuntimeError(f"returned {len(out)} records for {len(batch)}")
+            except Exception as e:
+                msg = f"{self.stage.name}: {type(e).__name__}: {e}"
+                log.warning("stage %s failed on a batch: %s\n%s", self.stage.name, e, traceback.format_exc())
+                out = batch
+                for r in out:
+                    r["errors"] = list(r.get("errors") or []) + [msg]
+            for i, r in zip(idx, out):
+                rows[i] = r
+        frames = sum(len(rows[i].get("frame_indices") or []) for i in idx)
+        _record_metrics(self.metrics, self.stage.name, len(idx), frames, time.perf_counter() - t0)
+        return to_table(rows, self.schema)
+
+
+_TASK_RUNNERS: dict[str, StageRunner] = {}
+
+
+def run_stage_task(table: pa.Table, stage: Stage, schema: pa.Schema, metrics) -> pa.Table:
+    """Task-mode entry: one StageRunner (and one setup()) per worker process, reused across tasks."""
+    key = f"{stage.name}:{stage.model_dump_json()}"
+    runner = _TASK_RUNNERS.get(key)
+    if runner is None:
+        runner = _TASK_RUNNERS[key] = StageRunner(stage, schema, metrics)
+    return runner(table)
+
+
+# ---------------------------------------------------------------- driver side
+
+
+@dataclass
+class RunSummary:
+    inputs: int = 0
+    skipped_done: int = 0
+    videos_ok: int = 0
+    videos_error: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+    clips: int = 0
+    clips_kept: int = 0
+    clips_filtered: int = 0
+    filter_reasons: dict[str, int] = field(default_factory=dict)
+    clip_errors: int = 0
+    wall_s: float = 0.0
+    ray_start_s: float = 0.0
+    stages: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.videos_error else 0
+
+
+def _init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or cfg.ray.address
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return ray
+    # Embedded local Ray: loopback only, bounded object store. Actor pools hold their CPUs for the
+    # whole run, so the logical CPU count leaves at least one for the decode tasks.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    actor_cpus = sum(s.num_cpus * s.pool_size for s in stages if s.uses_actors)
+    num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, int(actor_cpus) + 1)
+    ray.init(
+        num_cpus=num_cpus,
+        object_store_memory=cfg.ray.object_store_memory,
+        include_dashboard=False,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+    return ray
+
+
+def _metrics_actor(ray):
+    @ray.remote(num_cpus=0)
+    class Metrics:
+        def __init__(self):
+            self.data: dict[str, dict] = {}
+
+        def add(self, stage, clips, frames, seconds):
+            d = self.data.setdefault(stage, {"clips": 0, "frames": 0, "busy_s": 0.0, "batches": 0})
+            d["clips"] += clips
+            d["frames"] += frames
+            d["busy_s"] += seconds
+            d["batches"] += 1
+
+        def get(self):
+            return self.data
+
+    return Metrics.remote()
+
+
+def _progress_line(done: int, total: int, errors: int, clips: int, elapsed: float, metrics: dict) -> str:
+    parts = [f"videos {done}/{total} ({errors} failed)", f"clips {clips}", f"{elapsed:.0f}s"]
+    for name, d in metrics.items():
+        rate = d["frames"] / d["busy_s"] if d["busy_s"] else 0.0
+        parts.append(f"{name}: {d['clips'] or d['frames']} {'clips' if d['clips'] else 'frames'} ({rate:.0f} frames/s busy)")
+    return " | ".join(parts)
+
+
+def _gpu_count(ray) -> float:
+    try:
+        return float(ray.cluster_resources().get("GPU", 0))
+    except Exception:
+        return 0.0
+
+
+def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) -> RunSummary:
+    t_start = time.perf_counter()
+    stages = pipeline_stages(cfg)
+    # Every model is found (or downloaded) before any work: a missing one fails here, not midway.
+    weights = {r.name: fetch(r) for r in model_refs(cfg, stages)}
+    transnet_weights = weights.get(transnetv2_ref(cfg.shots).name)
+
+    store = Store(cfg.output.path, cfg.output.s3)
+    uris = list_sources(cfg.input)
+    done = manifest.recover(store)
+    pending = [u for u in uris if video_id_for(u) not in done]
+    summary = RunSummary(inputs=len(uris), skipped_done=len(uris) - len(pending))
+    echo(f"curate: {len(uris)} inputs, {summary.skipped_done} already done, {len(pending)} to process")
+
+    full_schema = manifest_schema(stages, transient=True)
+    out_schema = manifest_schema(stages, transient=False)
+    writer = manifest.ManifestWriter(store, out_schema, cfg.output.videos_per_part, cfg.output.flush_interval_s)
+
+    metrics_data: dict = {}
+    if pending:
+        t_ray = time.perf_counter()
+        ray = _init_ray(cfg, address, stages)
+        summary.ray_start_s = time.perf_counter() - t_ray
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = False
+        ctx.enable_progress_bars = sys.stderr.isatty()
+        metrics = _metrics_actor(ray)
+        gpus = _gpu_count(ray)
+
+        ds = ray.data.from_items([{"source_uri": u} for u in pending], override_num_blocks=len(pending))
+        ds = ds.map_batches(
+            partial(split_batch, cfg=cfg, schema=full_schema, weights=transnet_weights, metrics=metrics),
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=1,
+            concurrency=cfg.ray.split_concurrency,
+        )
+        for stage in stages:
+            if isinstance(stage, GlobalStage):
+                continue
+            num_gpus = stage.num_gpus if stage.num_gpus is not None else (
+                stage.gpu_fraction if (stage.uses_gpu and gpus) else 0
+            )
+            common = dict(batch_size=stage.batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus)
+            if stage.uses_actors:
+                ds = ds.map_batches(
+                    StageRunner,
+                    fn_constructor_kwargs={"stage": stage, "schema": full_schema, "metrics": metrics},
+                    compute=ray.data.ActorPoolStrategy(size=stage.pool_size),
+                    **common,
+                )
+            else:
+                ds = ds.map_batches(partial(run_stage_task, stage=stage, schema=full_schema, metrics=metrics), **common)
+        ds = ds.drop_columns(sorted(TRANSIENT_NAMES - {"video"}))
+
+        last = 0.0
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(batch)
+            now = time.perf_counter()
+            if now - last > 5:
+                last = now
+                metrics_data = ray.get(metrics.get.remote())
+                errors = sum(1 for v in writer.committed_videos if v["status"] == "error")
+                echo(
+                    "curate: "
+                    + _progress_line(
+                        len(writer.committed_videos) + len(writer.ready), len(pending), errors,
+                        writer.committed_clips, now - t_start, metrics_data,
+                    )
+                )
+        writer.close()
+        metrics_data = ray.get(metrics.get.remote())
+
+    for stage in stages:
+        if isinstance(stage, GlobalStage):
+            t0 = time.perf_counter()
+            stage.setup()
+            manifest.rewrite_clips(store, stage.process_manifest, out_schema)
+            metrics_data[stage.name] = {"clips": 0, "frames": 0, "busy_s": time.perf_counter() - t0, "batches": 1}
+
+    _summarise(summary, store, out_schema, metrics_data, t_start)
+    store.write_bytes("summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True).encode())
+    echo(
+        f"curate: done in {summary.wall_s:.1f}s: {summary.videos_ok} videos ok, {summary.videos_error} failed, "
+        f"{summary.clips} clips ({summary.clips_kept} kept, {summary.clips_filtered} filtered) -> {cfg.output.path}"
+    )
+    for uri, err in list(summary.errors.items())[:20]:
+        echo(f"curate: failed: {uri}: {err}")
+    return summary
+
+
+def _summarise(summary: RunSummary, store: Store, schema: pa.Schema, metrics: dict, t_start: float) -> None:
+    videos = manifest.read_dir(store, manifest.VIDEOS_DIR)
+    clips = manifest.read_dir(store, manifest.CLIPS_DIR)
+    if videos is not None:
+        for v in videos.select(["source_uri", "status", "error"]).to_pylist():
+            if v["status"] == "ok":
+                summary.videos_ok += 1
+            else:
+                summary.videos_error += 1
+                summary.errors[v["source_uri"]] = v["error"]
+    if clips is not None:
+        rows = clips.select(["kept", "filter_reasons", "errors"]).to_pylist()
+        summary.clips = len(rows)
+        summary.clips_kept = sum(1 for r in rows if r["kept"])
+        summary.clips_filtered = summary.clips - summary.clips_kept
+        summary.clip_errors = sum(1 for r in rows if r["errors"])
+        for r in rows:
+            for reason in r["filter_reasons"] or []:
+                summary.filter_reasons[reason] = summary.filter_reasons.get(reason, 0) + 1
+    summary.stages = {
+        name: {
+            **d,
+            "clips_per_s": d["clips"] / d["busy_s"] if d["busy_s"] else None,
+            "frames_per_s": d["frames"] / d["busy_s"] if d["busy_s"] else None,
+        }
+        for name, d in metrics.items()
+    }
+    summary.wall_s = time.perf_counter() - t_start
