@@ -46,8 +46,8 @@ def _open(path: str):
     except av.error.FFmpegError as e:
         raise VideoError(f"cannot open: {e}") from e
     if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         container.close()
-        kinds = sorted({s.type for s in container.streams}) or ["nothing"]
         raise VideoError(f"no video stream (file holds {', '.join(kinds)})")
     return container
 

