@@ -231,8 +231,11 @@ def _metrics_actor(ray):
 def _progress_line(done: int, total: int, errors: int, clips: int, elapsed: float, metrics: dict) -> str:
     parts = [f"videos {done}/{total} ({errors} failed)", f"clips {clips}", f"{elapsed:.0f}s"]
     for name, d in metrics.items():
-        rate = d["frames"] / d["busy_s"] if d["busy_s"] else 0.0
-        parts.append(f"{name}: {d['clips'] or d['frames']} {'clips' if d['clips'] else 'frames'} ({rate:.0f} frames/s busy)")
+        busy = d["busy_s"] or float("nan")
+        if name == "split":
+            parts.append(f"split: {d['frames']} frames ({d['frames'] / busy:.0f}/s per worker)")
+        else:
+            parts.append(f"{name}: {d['clips']} clips ({d['clips'] / busy:.1f}/s per worker)")
     return " | ".join(parts)
 
 
