@@ -50,6 +50,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         cfg = load_config(args.pipeline, args.set)
         from curate.engine import model_refs, pipeline_stages
@@ -65,6 +67,9 @@ def cmd_run(args) -> int:
         summary = run_pipeline(cfg, address=args.address)
     except ConfigError as e:
         return _fail(str(e))
+    except (BotoCoreError, ClientError) as e:
+        # Wrong keys, an unknown bucket or an unreachable endpoint: one line, not a traceback.
+        return _fail(f"S3: {e}")
     return summary.exit_code
 
 

@@ -32,7 +32,7 @@ from curate.record import (
 from curate.shots import resolve_detector_kind, transnetv2_ref
 from curate.sources import list_sources
 from curate.stage import GlobalStage, Stage
-from curate.storage import Store, local_copy
+from curate.storage import Store, is_s3, local_copy
 
 log = logging.getLogger("curate")
 
@@ -239,6 +239,15 @@ def _progress_line(done: int, total: int, errors: int, clips: int, elapsed: floa
     return " | ".join(parts)
 
 
+def _worker_env(cfg: PipelineConfig, uris: list[str]) -> dict[str, str]:
+    """The driver's S3 credentials, handed to the workers when S3 is used: workers of a cluster
+    joined with --address (or of a Ray started before the keys were set) never saw this environment."""
+    if not (any(is_s3(u) for u in uris) or is_s3(cfg.output.path)):
+        return {}
+    names = [n for s3 in (cfg.input.s3, cfg.output.s3) for n in (s3.access_key_env, s3.secret_key_env)]
+    return {n: os.environ[n] for n in dict.fromkeys(names + ["AWS_SESSION_TOKEN"]) if os.environ.get(n)}
+
+
 def _gpu_count(ray) -> float:
     try:
         return float(ray.cluster_resources().get("GPU", 0))
@@ -276,6 +285,8 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
         ctx.enable_progress_bars = sys.stderr.isatty()
         metrics = _metrics_actor(ray)
         gpus = _gpu_count(ray)
+        env = _worker_env(cfg, pending)
+        remote_args = {"runtime_env": {"env_vars": env}} if env else {}
 
         ds = ray.data.from_items([{"source_uri": u} for u in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(
@@ -284,6 +295,7 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
             batch_format="pyarrow",
             num_cpus=1,
             concurrency=cfg.ray.split_concurrency,
+            **remote_args,
         )
         for stage in stages:
             if isinstance(stage, GlobalStage):
@@ -291,7 +303,7 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
             num_gpus = stage.num_gpus if stage.num_gpus is not None else (
                 stage.gpu_fraction if (stage.uses_gpu and gpus) else 0
             )
-            common = dict(batch_size=stage.batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus)
+            common = dict(batch_size=stage.batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus, **remote_args)
             if stage.uses_actors:
                 ds = ds.map_batches(
                     StageRunner,
