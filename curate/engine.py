@@ -88,25 +88,24 @@ def _record_metrics(metrics, stage: str, clips: int, frames: int, seconds: float
 
 def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights: str | None, metrics):
     """Ray Data UDF: one source row in, a stream of record tables out."""
-    from curate.split import split_video
+    from curate.split import split_video, video_record
 
     for uri in batch.column("source_uri").to_pylist():
         t0 = time.perf_counter()
         rows: list[dict] = []
-        frames = 0
+        sent = frames = 0
         try:
             with local_copy(uri, cfg.input.s3) as path:
                 for rec in split_video(uri, path, cfg, weights):
-                    if rec["clip_id"] is None and rec["video"].get("num_frames"):
-                        frames = rec["video"]["num_frames"]
+                    if rec["clip_id"] is None:
+                        frames = rec["video"].get("num_frames") or 0
                     rows.append(rec)
                     if len(rows) >= 4:
                         yield to_table(rows, schema)
+                        sent += sum(1 for r in rows if r["clip_id"] is not None)
                         rows = []
         except Exception as e:  # a download or I/O failure is still only this video's failure
-            from curate.split import _video_record
-
-            rows = [_video_record(video_id_for(uri), uri, None, f"{type(e).__name__}: {e}", [], 0)]
+            rows = [video_record(video_id_for(uri), uri, None, f"{type(e).__name__}: {e}", [], 0, sent)]
         if rows:
             yield to_table(rows, schema)
         _record_metrics(metrics, "split", 0, frames, time.perf_counter() - t0)
@@ -313,7 +312,7 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
                 )
             else:
                 ds = ds.map_batches(partial(run_stage_task, stage=stage, schema=full_schema, metrics=metrics), **common)
-        ds = ds.drop_columns(sorted(TRANSIENT_NAMES - {"video"}))
+        ds = ds.drop_columns(sorted(TRANSIENT_NAMES - {"video", "emitted_clips"}))
 
         last = 0.0
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -67,14 +67,17 @@ class ManifestWriter:
 
     def add(self, table: pa.Table) -> None:
         clip_cols = [c for c in self.clip_schema.names if c in table.column_names]
-        for row in table.select(clip_cols + ["video"]).to_pylist():
-            entry = self.open.setdefault(row["video_id"], {"clips": [], "video": None})
+        for row in table.select(clip_cols + ["video", "emitted_clips"]).to_pylist():
+            entry = self.open.setdefault(row["video_id"], {"clips": [], "video": None, "emitted": None})
+            emitted = row.pop("emitted_clips")
+            video = row.pop("video")
             if row["clip_id"] is None:
-                entry["video"] = row["video"]
+                entry["video"], entry["emitted"] = video, emitted
             else:
-                row.pop("video")
                 entry["clips"].append(row)
-            if entry["video"] is not None and len(entry["clips"]) == entry["video"]["num_clips"]:
+            if entry["video"] is not None and len(entry["clips"]) == entry["emitted"]:
+                if entry["video"]["status"] != "ok":
+                    entry["clips"] = []  # the video failed after some clips were sent: keep none
                 self.ready.append(self.open.pop(row["video_id"]))
                 self.ready_since = self.ready_since or time.monotonic()
         self.maybe_flush()

@@ -59,12 +59,18 @@ ARRAY_TYPE = pa.struct([pa.field("data", pa.binary()), pa.field("shape", pa.list
 # In-flight only; dropped before manifests are written.
 TRANSIENT_FIELDS: list[pa.Field] = [
     pa.field("video", pa.struct(VIDEO_FIELDS)),
+    # On the video-only record: how many clip records of this video were sent before it.
+    pa.field("emitted_clips", pa.int64()),
     # K x H x W x 3 RGB frames sampled across the clip at `frames.size`, and their source frame indices.
     pa.field("frames", ARRAY_TYPE),
     pa.field("frame_indices", pa.list_(pa.int64())),
     # M x h x w grayscale frames at about `frames.motion_fps`, and their source frame indices.
     pa.field("motion_frames", ARRAY_TYPE),
     pa.field("motion_frame_indices", pa.list_(pa.int64())),
+    # Per-frame CLIP image embeddings (K x D, one list per frame) and the model that made them, so
+    # later CLIP stages reuse them instead of encoding the frames again.
+    pa.field("frame_embeddings", pa.list_(pa.list_(pa.float32()))),
+    pa.field("frame_embeddings_model", pa.string()),
 ]
 TRANSIENT_NAMES = {f.name for f in TRANSIENT_FIELDS}
 ARRAY_COLUMNS = {f.name for f in TRANSIENT_FIELDS if f.type == ARRAY_TYPE}

@@ -233,7 +233,11 @@ def _clip_record(video_id, uri, info: VideoInfo, s, e, frames_buf, motion_buf, f
     }
 
 
-def _video_record(video_id: str, uri: str, info: VideoInfo | None, error: str | None, scenes, num_clips) -> dict:
+def video_record(
+    video_id: str, uri: str, info: VideoInfo | None, error: str | None, scenes, num_clips: int, emitted: int = 0
+) -> dict:
+    """The one video-only record a video ends with. `emitted_clips` tells the writer how many clip
+    records to wait for; when `error` is set, those clips are discarded and `num_clips` is 0."""
     v = {
         "video_id": video_id,
         "source_uri": uri,
@@ -247,37 +251,47 @@ def _video_record(video_id: str, uri: str, info: VideoInfo | None, error: str | 
             duration_s=info.duration_s, fps=info.fps, num_frames=info.num_frames, width=info.width,
             height=info.height, codec=info.codec, rotation=info.rotation,
         )
-    return {"clip_id": None, "video_id": video_id, "source_uri": uri, "video": v}
+    return {"clip_id": None, "video_id": video_id, "source_uri": uri, "video": v, "emitted_clips": emitted}
+
+
+@dataclass
+class _PassState:
+    info: VideoInfo | None = None
+    shaper: ClipShaper | None = None
+    decoded: int = 0
+    emitted: int = 0
 
 
 def split_video(
     uri: str, local_path: str, cfg: PipelineConfig, transnet_weights: str | None = None
 ) -> Iterator[dict]:
-    """Yield clip records as they are finalised, then exactly one video-only record.
+    """Yield clip records as soon as they are finalised, then exactly one video-only record.
 
-    Clip records are only released once the whole video decoded cleanly: a video that fails midway
-    yields no clips, only its error record, so a manifest never holds half a video.
+    Clips stream out during decoding so memory stays flat however long the video. If decoding
+    fails midway, the closing record says so and the writer drops the clips already sent: a
+    manifest never holds half a video.
     """
     video_id = video_id_for(uri)
-    info = None
-    clips: list[dict] = []
+    state = _PassState()
+    error = None
     try:
-        info, shaper, decoded = _decode_pass(local_path, cfg, transnet_weights, clips, video_id, uri)
+        for clip in _decode_pass(local_path, cfg, transnet_weights, state, video_id, uri):
+            state.emitted += 1
+            yield clip
     except VideoError as e:
-        yield _video_record(video_id, uri, info, str(e), [], 0)
-        return
+        error = str(e)
     except av.error.FFmpegError as e:
-        yield _video_record(video_id, uri, info, f"decode failed: {e}", [], 0)
-        return
+        error = f"decode failed: {e}"
     except (MemoryError, ValueError, RuntimeError, OSError) as e:
-        yield _video_record(video_id, uri, info, f"{type(e).__name__}: {e}", [], 0)
+        error = f"{type(e).__name__}: {e}"
+    if error:
+        yield video_record(video_id, uri, state.info, error, [], 0, state.emitted)
         return
-    info.num_frames = decoded
-    yield from clips
-    yield _video_record(video_id, uri, info, None, shaper.scenes, len(clips))
+    state.info.num_frames = state.decoded
+    yield video_record(video_id, uri, state.info, None, state.shaper.scenes, state.emitted, state.emitted)
 
 
-def _decode_pass(path, cfg: PipelineConfig, transnet_weights, clips: list[dict], video_id: str, uri: str):
+def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState, video_id: str, uri: str):
     if os.path.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
     fcfg, scfg = cfg.frames, cfg.shots
@@ -286,19 +300,18 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, clips: list[dict],
         stream.thread_type = "AUTO"
         if fcfg.decode_threads:
             stream.codec_context.thread_count = fcfg.decode_threads
-        info = _info(container)
+        info = state.info = _info(container)
         if info.fps <= 0:
             raise VideoError("no frame rate in the container")
         detector: Detector = make_detector(scfg, info.fps, transnet_weights)
-        shaper = ClipShaper(info.fps, cfg.clips)
+        shaper = state.shaper = ClipShaper(info.fps, cfg.clips)
 
         sample_fps = min(info.fps, max(2.0, fcfg.count / max(cfg.clips.min_duration_s, 0.5)))
         frames_buf = FrameBuffer(every=max(1, round(info.fps / sample_fps)), capacity=max(48, 4 * fcfg.count))
         motion_buf = FrameBuffer(every=max(1, round(info.fps / fcfg.motion_fps)), capacity=512)
 
-        def emit(windows):
-            for s, e in windows:
-                clips.append(_clip_record(video_id, uri, info, s, e, frames_buf, motion_buf, fcfg))
+        def records(windows):
+            return [_clip_record(video_id, uri, info, s, e, frames_buf, motion_buf, fcfg) for s, e in windows]
 
         index = 0
         rotation = 0
@@ -306,7 +319,7 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, clips: list[dict],
         for frame in container.decode(stream):
             if index == 0:
                 rotation = int(frame.rotation or 0)
-                info = _info(container, rotation)
+                info = state.info = _info(container, rotation)
                 fw, fh = frame.width, frame.height
                 dw = scfg.detect_width
                 dh = max(2, round(dw * fh / fw / 2) * 2)
@@ -322,7 +335,7 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, clips: list[dict],
             else:
                 small = None
             for b in detector.push(index, small):
-                emit(shaper.boundary(b))
+                yield from records(shaper.boundary(b))
                 frames_buf.prune(shaper.next_start)
                 motion_buf.prune(shaper.next_start)
             if frames_buf.wants(index):
@@ -330,7 +343,7 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, clips: list[dict],
                                                                height=sizes["sample"][1]), rotation))
             if motion_buf.wants(index):
                 motion_buf.add(index, _rotate(_small_gray(frame, *sizes["motion"]), rotation))
-            emit(shaper.advance(index - detector.latency))
+            yield from records(shaper.advance(index - detector.latency))
             frames_buf.prune(shaper.next_start)
             motion_buf.prune(shaper.next_start)
             index += 1
@@ -342,7 +355,7 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, clips: list[dict],
         expected = stream.frames
         if expected and index < 0.9 * expected - 2:
             raise VideoError(f"truncated: decoded {index} of {expected} frames the container declares")
+        state.decoded = index
         for b in detector.finish(index):
-            emit(shaper.boundary(b))
-        emit(shaper.finish(index))
-    return info, shaper, index
+            yield from records(shaper.boundary(b))
+        yield from records(shaper.finish(index))

@@ -72,7 +72,7 @@ def bad_inputs(folder: str | Path) -> dict[str, str]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     good = folder / "_good.mp4"
-    cut_video(good, [40, 40])
+    cut_video(good, [60, 60, 60, 60])
     data = good.read_bytes()
     out = {}
     (folder / "empty.mp4").write_bytes(b"")
@@ -80,6 +80,19 @@ def bad_inputs(folder: str | Path) -> dict[str, str]:
     # The encoder writes the index (moov) last, so a cut-short file has no index.
     (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
     out["truncated"] = str(folder / "truncated.mp4")
+    # With the index first (faststart), a cut-short file opens and decodes until its data runs out.
+    faststart = folder / "_faststart.mp4"
+    with av.open(str(good)) as src, av.open(str(faststart), "w", options={"movflags": "faststart"}) as dst:
+        s_in = src.streams.video[0]
+        s_out = dst.add_stream_from_template(s_in)
+        for packet in src.demux(s_in):
+            if packet.dts is not None:
+                packet.stream = s_out
+                dst.mux(packet)
+    fs = faststart.read_bytes()
+    (folder / "truncated_tail.mp4").write_bytes(fs[: len(fs) * 6 // 10])
+    out["truncated_tail"] = str(folder / "truncated_tail.mp4")
+    faststart.unlink()
     rng = np.random.default_rng(0)
     (folder / "corrupt.mp4").write_bytes(data[:32] + rng.integers(0, 256, len(data) - 32, dtype=np.uint8).tobytes())
     out["corrupt"] = str(folder / "corrupt.mp4")

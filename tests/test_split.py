@@ -147,11 +147,14 @@ def broken(tmp_path_factory):
         ("non_video", "not a readable video file"),
         ("audio_only", "no video stream (file holds audio)"),
         ("one_frame", "only one frame"),
+        ("truncated_tail", "truncated: decoded"),
     ],
 )
 def test_bad_input_becomes_error_record(broken, kind, message):
-    recs = list(split_video(broken[kind], broken[kind], cfg_for()))
-    assert len(recs) == 1
-    v = recs[0]["video"]
-    assert recs[0]["clip_id"] is None
-    assert v["status"] == "error" and message in v["error"]
+    recs = list(split_video(broken[kind], broken[kind], cfg_for(clips={"min_duration_s": 0.5})))
+    last = recs[-1]
+    assert last["clip_id"] is None and all(r["clip_id"] for r in recs[:-1])
+    # Clips sent before a late failure are counted so the writer can wait for them and drop them.
+    assert last["emitted_clips"] == len(recs) - 1
+    v = last["video"]
+    assert v["status"] == "error" and message in v["error"] and v["num_clips"] == 0
