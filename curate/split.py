@@ -87,16 +87,25 @@ def _plane(frame, i: int) -> np.ndarray:
 _FAST_FORMATS = {"yuv420p", "yuvj420p"}
 
 
-def _small_bgr(frame, w: int, h: int) -> np.ndarray:
-    """A small BGR frame for the detector. For 8-bit 4:2:0 the planes are resized with OpenCV (about
-    free next to decoding); swscale's full conversion would halve the decode rate."""
+def _color(frame, w: int, h: int, rgb: bool, interpolation: int) -> np.ndarray:
+    """A resized BGR/RGB frame. For 8-bit 4:2:0 the planes are resized with OpenCV and converted at the
+    small size (about free next to decoding); swscale's full conversion would halve the decode rate."""
     if frame.format.name in _FAST_FORMATS:
-        y = cv2.resize(_plane(frame, 0), (w, h), interpolation=cv2.INTER_LINEAR)
-        u = cv2.resize(_plane(frame, 1), (w // 2, h // 2), interpolation=cv2.INTER_LINEAR)
-        v = cv2.resize(_plane(frame, 2), (w // 2, h // 2), interpolation=cv2.INTER_LINEAR)
+        y = cv2.resize(_plane(frame, 0), (w, h), interpolation=interpolation)
+        u = cv2.resize(_plane(frame, 1), (w // 2, h // 2), interpolation=interpolation)
+        v = cv2.resize(_plane(frame, 2), (w // 2, h // 2), interpolation=interpolation)
         i420 = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape(h * 3 // 2, w)
-        return cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
-    return frame.to_ndarray(format="bgr24", width=w, height=h)
+        return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420 if rgb else cv2.COLOR_YUV2BGR_I420)
+    return frame.to_ndarray(format="rgb24" if rgb else "bgr24", width=w, height=h)
+
+
+def _small_bgr(frame, w: int, h: int) -> np.ndarray:
+    """The detector's view: bilinear is enough at this size and costs nothing."""
+    return _color(frame, w, h, rgb=False, interpolation=cv2.INTER_LINEAR)
+
+
+def _sample_rgb(frame, w: int, h: int) -> np.ndarray:
+    return _color(frame, w, h, rgb=True, interpolation=cv2.INTER_AREA)
 
 
 def _small_gray(frame, w: int, h: int) -> np.ndarray:
@@ -339,8 +348,7 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState,
                 frames_buf.prune(shaper.next_start)
                 motion_buf.prune(shaper.next_start)
             if frames_buf.wants(index):
-                frames_buf.add(index, _rotate(frame.to_ndarray(format="rgb24", width=sizes["sample"][0],
-                                                               height=sizes["sample"][1]), rotation))
+                frames_buf.add(index, _rotate(_sample_rgb(frame, *sizes["sample"]), rotation))
             if motion_buf.wants(index):
                 motion_buf.add(index, _rotate(_small_gray(frame, *sizes["motion"]), rotation))
             yield from records(shaper.advance(index - detector.latency))
