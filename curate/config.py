@@ -25,6 +25,7 @@ STAGE_CLASSES: dict[str, str] = {
     "aesthetic": "filters.aesthetic:AestheticStage",
     "dedup": "filters.dedup:DedupStage",
     "caption": "captioning.stage:CaptionStage",
+    "caption_alignment": "filters.caption_alignment:CaptionAlignmentStage",
 }
 
 

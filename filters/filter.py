@@ -8,13 +8,14 @@ is named in `filter_reasons` (the rule text itself), not just the first.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import re
 from typing import ClassVar
 
 from pydantic import field_validator
 
-from curate.stage import Stage
+from curate.stage import Mode, Stage
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
 _RULE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(\S.*?)\s*$")
@@ -34,15 +35,40 @@ def parse_rule(rule: str) -> tuple[str, str, object]:
 
 
 def normalise_rule(rule: str) -> str:
+    """One spelling per rule (`a>=4.50` -> `a >= 4.5`); numbers keep every digit that matters."""
     column, op, value = parse_rule(rule)
-    return f"{column} {op} {value:g}" if isinstance(value, float) else f"{column} {op} {value}"
+    if isinstance(value, float):
+        value = repr(value).removesuffix(".0")
+    return f"{column} {op} {value}"
+
+
+def apply_rules(clips: list[dict], rules: list[str]) -> list[dict]:
+    """Append every rule a clip fails to its `filter_reasons` (the rule text, `(missing)` added when
+    the column is absent or NaN: a clip is kept only on evidence) and set `kept` accordingly."""
+    parsed = [(r, *parse_rule(r)) for r in dict.fromkeys(normalise_rule(r) for r in rules)]
+    for clip in clips:
+        reasons = list(clip.get("filter_reasons") or [])
+        for text, column, op, value in parsed:
+            score = clip.get(column)
+            if score is None or (isinstance(score, numbers.Real) and math.isnan(score)):
+                reasons.append(f"{text} (missing)")
+            else:
+                try:
+                    passed = _OPS[op](score, value)
+                except TypeError:  # e.g. a number compared with a text column
+                    passed = False
+                if not passed:
+                    reasons.append(text)
+        clip["filter_reasons"] = reasons
+        clip["kept"] = not reasons
+    return clips
 
 
 class FilterStage(Stage):
     name: ClassVar[str] = "filter"
     order: ClassVar[int] = 60
 
-    mode: str = "filter"
+    mode: Mode = "filter"
     rules: list[str] = []
     batch_size: int = 256
 
@@ -52,16 +78,4 @@ class FilterStage(Stage):
         return [normalise_rule(r) for r in rules]
 
     def process_batch(self, clips: list[dict]) -> list[dict]:
-        parsed = [(r, *parse_rule(r)) for r in self.rules]
-        for clip in clips:
-            reasons = list(clip.get("filter_reasons") or [])
-            for text, column, op, value in parsed:
-                score = clip.get(column)
-                # A missing or NaN score fails its rule: a clip is kept only on evidence.
-                if score is None or (isinstance(score, float) and math.isnan(score)):
-                    reasons.append(f"{text} (missing)")
-                elif not _OPS[op](score, value):
-                    reasons.append(text)
-            clip["filter_reasons"] = reasons
-            clip["kept"] = not reasons
-        return clips
+        return apply_rules(clips, self.rules)
