@@ -1,0 +1,1 @@
+"""The bundled video DiT trainer: `curate train`, `curate sample` (and `curate shard` for its input)."""
