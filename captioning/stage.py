@@ -21,6 +21,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from captioning import prompts
+from captioning.vlm import Generation, Request
 from curate.models import ModelRef, fetch
 from curate.stage import Stage
 
@@ -176,8 +177,6 @@ class CaptionStage(Stage):
         self._model_name = provenance(self.model, path)
 
     def process_batch(self, clips: list[dict]) -> list[dict]:
-        from captioning.vlm import Request
-
         template = prompts.template_for(self.prompt)
         todo: list[tuple[dict, Request]] = []
         for clip in clips:
@@ -186,26 +185,25 @@ class CaptionStage(Stage):
             if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
                 _write(clip, ValueError("no K x H x W x 3 RGB frames to caption"))
                 continue
-            start = clip.get("start_frame") or 0
-            indices = clip.get("frame_indices")
-            todo.append(
-                (
-                    clip,
-                    Request(
-                        frames=frames,
-                        prompt=prompts.render(template, len(frames), clip.get("duration_s")),
-                        fps=clip.get("fps"),
-                        frame_indices=[int(i) - start for i in indices] if indices is not None else None,
-                        num_frames=clip.get("num_frames"),
-                        duration_s=clip.get("duration_s"),
-                    ),
-                )
-            )
+            todo.append((clip, self.request(clip, template)))
         for clip, result in zip((c for c, _ in todo), self._generate([r for _, r in todo])):
             _write(clip, result)
         return clips
 
-    def _generate(self, reqs: list) -> list:
+    def request(self, clip: dict, template: str) -> Request:
+        """The backend request for one clip: its frames, its prompt, and when each frame was taken."""
+        start = clip.get("start_frame") or 0
+        indices = clip.get("frame_indices")
+        return Request(
+            frames=clip["frames"],
+            prompt=prompts.render(template, len(clip["frames"]), clip.get("duration_s")),
+            fps=clip.get("fps"),
+            frame_indices=[int(i) - start for i in indices] if indices is not None else None,
+            num_frames=clip.get("num_frames"),
+            duration_s=clip.get("duration_s"),
+        )
+
+    def _generate(self, reqs: list[Request]) -> list[Generation | Exception]:
         """One Generation or exception per request, in order."""
         if self.backend == "endpoint":
             return self._backend.generate(reqs)
@@ -213,13 +211,12 @@ class CaptionStage(Stage):
         groups: dict[int, list[int]] = defaultdict(list)
         for i, r in enumerate(reqs):
             groups[len(r.frames)].append(i)
-        results: list = [None] * len(reqs)
+        results: dict[int, Generation | Exception] = {}
         for idx in groups.values():
-            for i, res in zip(idx, self._generate_batch([reqs[i] for i in idx])):
-                results[i] = res
-        return results
+            results.update(zip(idx, self._generate_batch([reqs[i] for i in idx])))
+        return [results[i] for i in range(len(reqs))]
 
-    def _generate_batch(self, reqs: list) -> list:
+    def _generate_batch(self, reqs: list[Request]) -> list[Generation | Exception]:
         try:
             return self._backend.generate(reqs)
         except Exception as e:
@@ -231,7 +228,7 @@ class CaptionStage(Stage):
         return [r for req in reqs for r in self._generate_batch([req])]
 
 
-def _write(clip: dict, result: Any) -> None:
+def _write(clip: dict, result: Generation | Exception) -> None:
     """Fill the caption columns from a Generation, or record why there is no caption."""
     if isinstance(result, Exception):
         clip.update(caption=None, caption_status="error", caption_tokens=None)
