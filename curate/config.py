@@ -88,7 +88,7 @@ class FramesConfig(Section):
 
 class ShotsConfig(Section):
     # auto: transnetv2 when a GPU is present, else adaptive.
-    detector: Literal["auto", "adaptive", "content", "transnetv2", "stride"] = "auto"
+    detector: Literal["auto", "curate", "adaptive", "content", "transnetv2", "stride"] = "auto"
     # Detector threshold; None keeps each detector's default.
     threshold: float | None = None
     min_scene_len: int = Field(15, ge=1)

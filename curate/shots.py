@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from curate.config import ShotsConfig
@@ -81,6 +82,218 @@ class StrideDetector:
 
     def finish(self, num_frames: int) -> list[Boundary]:
         return []
+
+
+class CurateDetector:
+    """The default CPU detector: hard cuts, dissolves and fades, robust to camera motion and flashes.
+
+    Each frame is reduced to a colour histogram and a 32x18 grey thumbnail (tens of microseconds),
+    and three tests run on a short history of those:
+    - hard cut: the thumbnail changes far more than it does around it, even allowing a one-pixel
+      shift (camera motion);
+    - fade: a run of near-black frames; the boundary spans it;
+    - dissolve: the frames between two distant, different-looking frames are each a linear blend of
+      the two, with blend weights rising steadily (a pan or a zoom cannot be explained that way).
+    A cut or dissolve is dropped when the picture comes back across it (some frame shortly before
+    looks like some frame shortly after): that is a flash or a brief occlusion, not a new shot.
+    Boundaries within `min_scene_len` frames of each other are merged into one span.
+    """
+
+    input_kind = "bgr"
+    THUMB, HIST_SIZE = (32, 18), (64, 36)
+    BRIDGE = 6  # longest flash or occlusion, in frames
+    WINDOW = 8  # frames each side that set the local level of change for hard cuts
+    SCALES = (4, 8, 12, 16)  # half-widths of the windows tested for dissolves (up to ~30-frame dissolves)
+    DARK_MEAN, DARK_STD = 24.0, 10.0
+    CUT = 30.0  # mean absolute grey difference (0-255) a hard cut needs at least
+    CUT_RATIO = 2.5  # ...and its multiple of the local median change
+    BLEND_MIN_CHANGE, BLEND_MIN_HIST = 18.0, 0.3
+    BLEND_RESIDUAL = 0.22  # mean blend residual relative to the change between the window's ends
+    ALIKE = 0.35  # frames "look alike" below this fraction of the change being tested
+
+    def __init__(self, cfg: ShotsConfig):
+        self.cut = cfg.threshold if cfg.threshold is not None else self.CUT
+        self.min_gap = cfg.min_scene_len
+        top = max(self.SCALES)
+        # A dissolve is settled 3 windows after it starts; merging waits min_scene_len more.
+        self.latency = 3 * top + self.BRIDGE + self.min_gap + 2
+        self.keep = 3 * top + self.BRIDGE + self.WINDOW + 4  # frames of features held
+        self.thumbs: dict[int, np.ndarray] = {}
+        self.hists: dict[int, np.ndarray] = {}
+        self.diff: dict[int, float] = {}  # i -> difference between frames i-1 and i
+        self.dark: set[int] = set()  # near-black frames among those held
+        self.last_dark = -1
+        self.dark_start: int | None = None
+        self.dark_split = False  # a long dark run already ended the shot before it
+        self.blends: list[tuple[float, int, int, float, float]] = []  # open dissolve candidates
+        self.events: list[Boundary] = []  # found, not yet released
+        self.released = -(1 << 30)  # where the last boundary released starts its shot
+        self.last = -1
+
+    def _features(self, i: int, frame: np.ndarray) -> bool:
+        """Store frame i's histogram and thumbnail; return whether it is near black."""
+        small = cv2.resize(frame, self.HIST_SIZE, interpolation=cv2.INTER_AREA)
+        hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
+        h = cv2.calcHist([hsv], [0, 1, 2], None, [16, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
+        gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        self.hists[i] = h / max(float(h.sum()), 1.0)
+        self.thumbs[i] = cv2.resize(gray, self.THUMB, interpolation=cv2.INTER_AREA).astype(np.float32)
+        mean, std = cv2.meanStdDev(gray)
+        return bool(mean[0, 0] < self.DARK_MEAN and std[0, 0] < self.DARK_STD)
+
+    def _alike(self, before: list[int], after: list[int], change: float, hist_change: float) -> np.ndarray:
+        """For each (before, after) pair: do the two frames look alike? Histograms, or thumbnails
+        allowing a shift of one thumbnail pixel (camera motion)."""
+        hb = np.stack([self.hists[a] for a in before])
+        ha = np.stack([self.hists[b] for b in after])
+        hist = 0.5 * np.abs(hb[:, None] - ha[None]).sum(-1)
+        shifted = np.stack([self._shifts(a) for a in before])  # (nb, 9, h-2, w-2)
+        centre = np.stack([self.thumbs[b][1:-1, 1:-1] for b in after])  # (na, h-2, w-2)
+        pix = np.abs(shifted[:, None] - centre[None, :, None]).mean((-2, -1)).min(-1)
+        return (hist < self.ALIKE * hist_change) | (pix < self.ALIKE * change)
+
+    def _shifts(self, i: int) -> np.ndarray:
+        return np.lib.stride_tricks.sliding_window_view(self.thumbs[i], (self.THUMB[1] - 2, self.THUMB[0] - 2)).reshape(
+            9, self.THUMB[1] - 2, self.THUMB[0] - 2
+        )
+
+    def _returns(self, end: int, start: int, change: float, hist_change: float) -> bool:
+        """Does the picture come back across [end, start)? Pairs up to BRIDGE frames apart around it,
+        besides the two frames right beside it, are compared."""
+        before = [a for a in range(max(end - 1 - self.BRIDGE, 0), end) if a in self.thumbs]
+        after = [b for b in range(start, min(start + self.BRIDGE, self.last) + 1) if b in self.thumbs]
+        if not before or not after:
+            return False
+        gap = np.subtract.outer(end - 1 - np.array(before), start - np.array(after))
+        near = (gap <= self.BRIDGE) & (gap > 0)
+        return bool((self._alike(before, after, change, hist_change) & near).any())
+
+    def _hard_cut(self, i: int) -> bool:
+        """A cut between frames i-1 and i? Needs frames up to i + BRIDGE."""
+        d = self.diff.get(i, 0.0)
+        if d < self.cut or i in self.dark or i - 1 in self.dark:
+            return False
+        around = [self.diff[j] for j in range(i - self.WINDOW, i + self.WINDOW + 1) if j != i and j in self.diff]
+        if around and d < self.CUT_RATIO * float(np.median(around)):
+            return False
+        hist_change = 0.5 * cv2.norm(self.hists[i - 1], self.hists[i], cv2.NORM_L1)
+        pix = float(np.abs(self._shifts(i - 1) - self.thumbs[i][1:-1, 1:-1]).mean((-2, -1)).min())
+        return pix >= self.cut and not self._returns(i, i, pix, hist_change)
+
+    def _blend(self, p: int, g: int) -> tuple[float, int, int, float, float] | None:
+        """A dissolve inside [p-g, p+g]? (relative residual, first and last+1 transition frame, change
+        between the window's ends in grey levels and in histogram)."""
+        a, b = p - g, p + g
+        if self.last_dark >= a:
+            return None
+        change = cv2.norm(self.thumbs[a], self.thumbs[b], cv2.NORM_L1) / self.thumbs[a].size
+        if change < self.BLEND_MIN_CHANGE:
+            return None
+        hist_change = 0.5 * cv2.norm(self.hists[a], self.hists[b], cv2.NORM_L1)
+        if hist_change < self.BLEND_MIN_HIST:
+            return None
+        ta, tb = self.thumbs[a].ravel(), self.thumbs[b].ravel()
+        u = tb - ta
+        x = np.stack([self.thumbs[j].ravel() for j in range(a + 1, b)]) - ta
+        alpha = x @ u / float(u @ u)
+        residual = float(np.abs(x - alpha[:, None] * u).mean()) / change
+        inside = (alpha > 0.15) & (alpha < 0.85)
+        if residual > self.BLEND_RESIDUAL or inside.sum() < 3 or (np.diff(alpha) < -0.05).any():
+            return None
+        moving = np.nonzero((alpha > 0.05) & (alpha < 0.95))[0]
+        return residual, a + 1 + int(moving[0]), a + 2 + int(moving[-1]), change, hist_change
+
+    def push(self, index: int, frame: np.ndarray) -> list[Boundary]:
+        self.last = index
+        dark = self._features(index, frame)
+        if index > 0:
+            self.diff[index] = cv2.norm(self.thumbs[index - 1], self.thumbs[index], cv2.NORM_L1) / self.thumbs[index].size
+        if dark:
+            self.dark.add(index)
+            self.last_dark = index
+        self._fade(index, dark)
+        c = index - self.BRIDGE
+        if c > self.WINDOW and self._hard_cut(c):
+            self.events.append(Boundary(c, c))
+        for g in self.SCALES:
+            found = self._blend(index - g, g) if index >= 2 * g else None
+            if found:
+                self.blends.append(found)
+        self._close_blends(index)
+        old = index - self.keep
+        if old in self.thumbs:
+            del self.thumbs[old], self.hists[old]
+            self.diff.pop(old, None)
+            self.dark.discard(old)
+        return self._release(index - self.latency)
+
+    def _fade(self, index: int, dark: bool) -> None:
+        """A run of dark frames, reported once it ends; a long one as two boundaries (the black stretch
+        becomes its own scene) so that the latency bound holds. Black at the very start is no transition."""
+        if dark and self.dark_start is None:
+            self.dark_start, self.dark_split = index, False
+        elif dark and index - self.dark_start == 2 * max(self.SCALES) and self.dark_start > 0:
+            self.events.append(Boundary(self.dark_start, self.dark_start))
+            self.dark_split = True
+        elif not dark and self.dark_start is not None:
+            if self.dark_split:
+                self.events.append(Boundary(index, index))
+            elif self.dark_start > 0:
+                self.events.append(Boundary(self.dark_start, index))
+            self.dark_start = None
+
+    def _close_blends(self, index: int, final: bool = False) -> None:
+        """Overlapping dissolve candidates are one dissolve: keep the best fit once no more can join
+        (or once the oldest is so old that waiting longer would break the latency bound)."""
+        if not self.blends:
+            return
+        top = max(self.SCALES)
+        quiet = max(c[2] for c in self.blends) <= index - 2 * top
+        stale = min(c[1] for c in self.blends) < index - 3 * top
+        if not (final or quiet or stale):
+            return
+        self.blends.sort(key=lambda t: t[1])
+        group = [self.blends[0]]
+        for cand in self.blends[1:]:
+            if cand[1] <= max(c[2] for c in group):
+                group.append(cand)
+            else:
+                self._add_dissolve(group)
+                group = [cand]
+        self._add_dissolve(group)
+        self.blends = []
+
+    def _add_dissolve(self, group: list[tuple[float, int, int, float, float]]) -> None:
+        _, end, start, change, hist_change = min(group)
+        # A hard cut or fade found inside is the same transition, seen better.
+        if any(e.end - 2 <= start and end <= e.start + 2 for e in self.events):
+            return
+        if not self._returns(end, start, change, hist_change):
+            self.events.append(Boundary(end, start))
+
+    def _release(self, upto: int) -> list[Boundary]:
+        """Boundaries certain by now, in order, those closer than min_scene_len merged into one span."""
+        self.events.sort(key=lambda b: (b.end, b.start))
+        merged: list[Boundary] = []
+        for b in self.events:
+            if b.end - self.released < self.min_gap:
+                continue  # too close to one already released to be merged with it
+            if merged and b.end - merged[-1].start < self.min_gap:
+                merged[-1] = Boundary(min(merged[-1].end, b.end), max(merged[-1].start, b.start))
+            else:
+                merged.append(b)
+        out = [b for b in merged if b.start <= upto]
+        self.events = merged[len(out) :]
+        if out:
+            self.released = out[-1].start
+        return out
+
+    def finish(self, num_frames: int) -> list[Boundary]:
+        for c in range(max(self.last - self.BRIDGE + 1, self.WINDOW + 1), self.last + 1):
+            if self._hard_cut(c):
+                self.events.append(Boundary(c, c))
+        self._close_blends(num_frames, final=True)
+        return [b for b in self._release(num_frames) if 0 < b.end and b.start < num_frames]
 
 
 def transnetv2_ref(cfg: ShotsConfig) -> ModelRef:
@@ -180,6 +393,8 @@ def make_detector(cfg: ShotsConfig, fps: float, weights_path: str | None = None)
         return SceneDetectDetector(kind, fps, cfg)
     if kind == "stride":
         return StrideDetector(fps, cfg)
+    if kind == "curate":
+        return CurateDetector(cfg)
     if weights_path is None:
         from curate.models import fetch
 

