@@ -1,0 +1,276 @@
+"""OUTPUT/report.html: what a run did, in one self-contained page.
+
+The funnel (videos, scenes, clips, kept), a histogram of every score with its filter thresholds
+drawn, the filter reasons, failed videos, stage throughput, and thumbnails (first, middle and last
+frame) of a sample of kept and of filtered clips with their scores and captions. Everything is
+read back from the committed manifests, so the page can be rebuilt at any time
+(`curate report OUTPUT`) and shows exactly what the manifests hold. Images are inline JPEG and
+plots inline SVG: the file opens anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import time
+from collections import Counter
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from curate import manifest
+from curate.record import CLIP_FIELDS
+from curate.storage import Store, is_s3, local_copy
+from curate.transcode import frames_in_window
+
+# Base columns that are worth a histogram; every numeric column a stage adds gets one too.
+_BASE_PLOTTED = ("duration_s",)
+_BASE = {f.name for f in CLIP_FIELDS}
+_OPS_DRAWN = (">=", "<=", ">", "<")
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NaN"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+
+
+def score_columns(clips: pa.Table) -> list[str]:
+    """Numeric columns with at least one value: duration and every score a stage added."""
+    out = []
+    for f in clips.schema:
+        if f.name in _BASE and f.name not in _BASE_PLOTTED:
+            continue
+        if (pa.types.is_floating(f.type) or pa.types.is_integer(f.type)) and clips.column(f.name).null_count < len(clips):
+            out.append(f.name)
+    return out
+
+
+def thresholds(rules: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """column -> [(op, value)] for the numeric comparison rules."""
+    from filters.filter import parse_rule
+
+    out: dict[str, list[tuple[str, float]]] = {}
+    for r in rules:
+        try:
+            col, op, value = parse_rule(r)
+        except ValueError:
+            continue
+        if op in _OPS_DRAWN and isinstance(value, float):
+            out.setdefault(col, []).append((op, value))
+    return out
+
+
+def rules_from_reasons(reasons: Counter) -> list[str]:
+    """The rules a run applied, as far as its filter reasons show them."""
+    return sorted({r.removesuffix(" (missing)") for r in reasons})
+
+
+def histogram_svg(values: list[float], kept: list[bool], cuts: list[tuple[str, float]], bins: int = 30) -> str:
+    """Kept (green) and filtered (grey) clips stacked per bin, thresholds as red dashed lines."""
+    W, H, PAD = 360, 150, 28
+    vals = np.array(values, dtype=float)
+    ok = np.isfinite(vals)
+    vals, kept_a = vals[ok], np.array(kept, dtype=bool)[ok]
+    if not len(vals):
+        return "<p class=muted>no values</p>"
+    lo, hi = float(vals.min()), float(vals.max())
+    for _, v in cuts:
+        lo, hi = min(lo, v), max(hi, v)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    hk, _ = np.histogram(vals[kept_a], edges)
+    hf, _ = np.histogram(vals[~kept_a], edges)
+    top = max(int((hk + hf).max()), 1)
+    bw = (W - 2 * PAD) / bins
+    x = lambda v: PAD + (v - lo) / (hi - lo) * (W - 2 * PAD)  # noqa: E731
+    y = lambda c: H - PAD - c / top * (H - 2 * PAD)  # noqa: E731
+    parts = [f'<svg class=hist width="{W}" height="{H}" viewBox="0 0 {W} {H}" xmlns="http://www.w3.org/2000/svg">']
+    for i in range(bins):
+        x0 = PAD + i * bw
+        if hf[i]:
+            parts.append(f'<rect x="{x0:.1f}" y="{y(hf[i]):.1f}" width="{bw - 1:.1f}" height="{y(0) - y(hf[i]):.1f}" fill="#9aa3ad"/>')
+        if hk[i]:
+            parts.append(
+                f'<rect x="{x0:.1f}" y="{y(hf[i] + hk[i]):.1f}" width="{bw - 1:.1f}" height="{y(0) - y(hk[i]):.1f}" fill="#2e9e5b"/>'
+            )
+    parts.append(f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#333"/>')
+    for v, anchor in ((lo, "start"), (hi, "end")):
+        parts.append(f'<text x="{x(v):.1f}" y="{H - PAD + 14}" font-size="10" text-anchor="{anchor}">{_fmt(v)}</text>')
+    parts.append(f'<text x="{PAD - 4}" y="{y(top) + 4:.1f}" font-size="10" text-anchor="end">{top}</text>')
+    for op, v in cuts:
+        parts.append(
+            f'<line class=threshold x1="{x(v):.1f}" y1="{PAD - 12}" x2="{x(v):.1f}" y2="{H - PAD}" stroke="#d62728" stroke-width="2" stroke-dasharray="4 3"/>'
+            f'<text x="{x(v):.1f}" y="{PAD - 15}" font-size="10" fill="#d62728" text-anchor="middle">{_esc(op)} {_fmt(v)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _jpeg(rgb: np.ndarray, height: int = 96) -> str:
+    h, w = rgb.shape[:2]
+    small = cv2.resize(rgb, (max(1, round(w * height / h)), height), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
+
+
+def clip_thumbnails(path: str, start: int, end: int, fps: float) -> list[np.ndarray]:
+    """First, middle and last frame of source frames [start, end), each found by a keyframe seek."""
+    out = []
+    for idx in dict.fromkeys((start, (start + end - 1) // 2, end - 1)):
+        for _, frame in frames_in_window(path, idx, idx + 1, fps):
+            out.append(frame.to_ndarray(format="rgb24"))
+    return out
+
+
+def sample_rows(rows: list[dict], k: int) -> list[dict]:
+    """k rows spread evenly over the clips in id order: the same sample every time."""
+    rows = sorted(rows, key=lambda r: r["clip_id"])
+    if len(rows) <= k:
+        return rows
+    return [rows[round(i * (len(rows) - 1) / (k - 1))] for i in range(k)] if k > 1 else rows[:1]
+
+
+def _clip_cards(rows: list[dict], cols: list[str], fps_of: dict[str, float], store: Store) -> str:
+    by_source: dict[str, list[dict]] = {}
+    for r in rows:
+        by_source.setdefault(r["source_uri"], []).append(r)
+    thumbs: dict[str, list[np.ndarray]] = {}
+    for uri, group in by_source.items():
+        try:
+            with local_copy(uri, store.cfg) as path:
+                for r in group:
+                    fps = fps_of.get(r["video_id"]) or r["fps"]
+                    thumbs[r["clip_id"]] = clip_thumbnails(path, r["start_frame"], r["end_frame"], fps)
+        except Exception:  # a source that moved or cannot be read only loses its pictures
+            pass
+    cards = []
+    for r in rows:
+        imgs = "".join(f'<img src="{_jpeg(f)}" alt="frame">' for f in thumbs.get(r["clip_id"], [])) or "<span class=muted>no frames</span>"
+        scores = "".join(f"<tr><td>{_esc(c)}</td><td>{_esc(_fmt(r.get(c)))}</td></tr>" for c in cols if r.get(c) is not None)
+        caption = f'<p class=caption>{_esc(r["caption"])}</p>' if r.get("caption") else ""
+        reasons = "".join(f"<li>{_esc(x)}</li>" for x in r.get("filter_reasons") or [])
+        reasons = f"<ul class=reasons>{reasons}</ul>" if reasons else ""
+        name = os.path.basename(r["source_uri"])
+        cards.append(
+            f'<div class=card><div class=frames>{imgs}</div>'
+            f'<div class=meta><b>{_esc(name)}</b> {r["start_s"]:.2f}–{r["end_s"]:.2f}s'
+            f' <span class=muted>{_esc(r["clip_id"])}</span></div>{caption}{reasons}'
+            f"<table class=scores>{scores}</table></div>"
+        )
+    return "".join(cards) or "<p class=muted>none</p>"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d232a;background:#fff}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.muted{color:#77808a;font-size:12px} table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #e1e4e8;padding:3px 8px;text-align:left} th{background:#f6f8fa}
+.funnel .bar{height:22px;background:#3b7dd8;color:#fff;font-size:13px;line-height:22px;padding-left:6px;margin:3px 0;white-space:nowrap}
+.funnel .kept{background:#2e9e5b} .hists{display:flex;flex-wrap:wrap;gap:18px} .hists figure{margin:0}
+figcaption{font-size:13px;font-weight:600} .cards{display:flex;flex-wrap:wrap;gap:14px}
+.card{border:1px solid #e1e4e8;border-radius:6px;padding:8px;width:360px;font-size:12px}
+.frames{display:flex;gap:3px} .frames img{width:calc((100% - 6px) / 3);height:auto} .caption{font-style:italic;margin:4px 0}
+.reasons{color:#b3261e;margin:4px 0;padding-left:16px} .scores td{padding:1px 5px;font-size:11px}
+"""
+
+
+def render(videos: pa.Table | None, clips: pa.Table | None, rules: list[str], summary: dict, store: Store, sample: int = 8) -> str:
+    vrows = videos.to_pylist() if videos is not None else []
+    crows = clips.to_pylist() if clips is not None else []
+    ok = [v for v in vrows if v["status"] == "ok"]
+    failed = [v for v in vrows if v["status"] != "ok"]
+    scenes = sum(len(v["scenes"] or []) for v in ok)
+    kept = [c for c in crows if c["kept"]]
+    reasons = Counter(x for c in crows for x in c["filter_reasons"] or [])
+    rules = rules or rules_from_reasons(reasons)
+    cuts = thresholds(rules)
+    cols = score_columns(clips) if clips is not None else []
+    fps_of = {v["video_id"]: v.get("fps") for v in ok}
+
+    funnel_steps = [("videos", len(vrows), f"{len(ok)} decoded, {len(failed)} failed"), ("scenes", scenes, "detected shots"),
+                    ("clips", len(crows), "after shaping"), ("kept", len(kept), "after filtering")]
+    top = max([n for _, n, _ in funnel_steps] + [1])
+    funnel = "".join(
+        f'<div class="bar{" kept" if name == "kept" else ""}" style="width:{max(4, 600 * n / top):.0f}px">'
+        f"{_esc(name)}: {n} <span style='opacity:.8'>{_esc(note)}</span></div>"
+        for name, n, note in funnel_steps
+    )
+    hists = "".join(
+        f"<figure><figcaption>{_esc(c)}</figcaption>"
+        + histogram_svg([r[c] if r[c] is not None else float("nan") for r in crows], [r["kept"] for r in crows], cuts.get(c, []))
+        + "</figure>"
+        for c in cols
+    ) or "<p class=muted>no scores in this run</p>"
+    reason_rows = "".join(
+        f"<tr><td>{_esc(r)}</td><td>{n}</td><td>{100 * n / max(len(crows), 1):.1f}%</td></tr>" for r, n in reasons.most_common()
+    ) or "<tr><td colspan=3 class=muted>no clip was filtered</td></tr>"
+    rule_list = ", ".join(f"<code>{_esc(r)}</code>" for r in rules) or "none"
+    error_rows = "".join(f"<tr><td>{_esc(v['source_uri'])}</td><td>{_esc(v['error'])}</td></tr>" for v in failed[:200])
+    stage_rows = "".join(
+        f"<tr><td>{_esc(name)}</td><td>{d.get('clips', 0)}</td><td>{d.get('frames', 0)}</td><td>{d.get('busy_s', 0):.1f}</td>"
+        f"<td>{_fmt(d.get('clips_per_s'))}</td><td>{_fmt(d.get('frames_per_s'))}</td></tr>"
+        for name, d in (summary.get("stages") or {}).items()
+    )
+    score_cols = [c for c in cols if c not in _BASE]
+    kept_sample = sample_rows(kept, sample)
+    filtered_sample = sample_rows([c for c in crows if not c["kept"]], sample)
+    wall = f" in {summary['wall_s']:.1f}s" if summary.get("wall_s") else ""
+    return f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>curate run report</title><style>{_CSS}</style></head><body>
+<h1>curate run report</h1>
+<div class=muted>{_esc(store.root)} · generated {time.strftime("%Y-%m-%d %H:%M:%S")}{_esc(wall)}</div>
+<h2 id=funnel>Funnel</h2><div class=funnel>{funnel}</div>
+<h2 id=scores>Scores</h2><p class=muted>kept clips green, filtered grey; red dashed lines: filter thresholds. Rules: {rule_list}</p>
+<div class=hists>{hists}</div>
+<h2 id=reasons>Filter reasons</h2><table><tr><th>reason</th><th>clips</th><th>share</th></tr>{reason_rows}</table>
+{"<h2 id=errors>Failed videos</h2><table><tr><th>video</th><th>error</th></tr>" + error_rows + "</table>" if failed else ""}
+{"<h2 id=stages>Stages</h2><table><tr><th>stage</th><th>clips</th><th>frames</th><th>busy s</th><th>clips/s</th><th>frames/s</th></tr>" + stage_rows + "</table>" if stage_rows else ""}
+<h2 id=kept>Kept clips</h2><p class=muted>{len(kept_sample)} of {len(kept)}: first, middle and last frame</p>
+<div class=cards>{_clip_cards(kept_sample, score_cols, fps_of, store)}</div>
+<h2 id=filtered>Filtered clips</h2><p class=muted>{len(filtered_sample)} of {len(crows) - len(kept)}</p>
+<div class=cards>{_clip_cards(filtered_sample, score_cols, fps_of, store)}</div>
+</body></html>
+"""
+
+
+def write_report(output_path: str, store: Store | None = None, rules: list[str] | None = None, sample: int = 8) -> str:
+    """Write OUTPUT/report.html for the run at `output_path`; returns its location.
+
+    `rules` are the filter rules the run applied (thresholds drawn on the histograms); without
+    them, the rules named in the clips' filter reasons are drawn."""
+    store = store or Store(output_path)
+    videos = manifest.read_dir(store, manifest.VIDEOS_DIR)
+    clips = manifest.read_dir(store, manifest.CLIPS_DIR)
+    summary = json.loads(store.read_bytes("summary.json")) if "summary.json" in store.list("") else {}
+    page = render(videos, clips, list(rules or []), summary, store, sample)
+    store.write_bytes("report.html", page.encode("utf-8"))
+    return store.uri("report.html")
+
+
+def cmd_report(args) -> int:
+    where = write_report(args.output, rules=args.rule or None, sample=args.sample)
+    print(where if is_s3(where) else os.path.abspath(where))
+    return 0
+
+
+def register(subparsers):
+    p = subparsers.add_parser("report", help="(re)build OUTPUT/report.html from a run's manifests")
+    p.add_argument("output", help="the run's output directory (or s3:// prefix)")
+    p.add_argument("--rule", action="append", default=[], help="a filter rule to draw as a threshold (repeatable)")
+    p.add_argument("--sample", type=int, default=8, help="clips shown per group (default 8)")
+    p.set_defaults(func=cmd_report)
+    return p
