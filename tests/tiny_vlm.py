@@ -68,6 +68,35 @@ def _tokenizer(special: list[str], **named: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **named)
 
 
+def _text_config(tok, bos: str, eos: str, **extra) -> dict:
+    """Two small decoder layers over the tiny vocabulary."""
+    ids = tok.convert_tokens_to_ids
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=ids(bos),
+        eos_token_id=ids(eos),
+        pad_token_id=tok.pad_token_id,
+        **extra,
+    )
+
+
+def _save(model_cls, config, processor, tok, eos: str, path: Path, seed: int) -> Path:
+    """Random weights from the seed; generation stops at `eos` and pads with the pad token."""
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids(eos)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
 def build_qwen_vl(path: str | Path, version: str = "2", seed: int = 0) -> Path:
     """A two-layer Qwen2-VL (`version="2"`) or Qwen2.5-VL (`"2.5"`) with a matching processor."""
     import transformers as tf
@@ -87,21 +116,13 @@ def build_qwen_vl(path: str | Path, version: str = "2", seed: int = 0) -> Path:
     tok = _tokenizer(special, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     ids = {t: tok.convert_tokens_to_ids(t) for t in special}
     patch, merge, temporal = 14, 2, 2
-    head_dim = 16
     config = config_cls(
-        text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
+        text_config=_text_config(
+            tok,
+            "<|endoftext|>",
+            "<|im_end|>",
             # mrope_section splits head_dim/2 rotary frequencies over (time, height, width).
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
         ),
         vision_config=dict(
             depth=2,
@@ -117,11 +138,8 @@ def build_qwen_vl(path: str | Path, version: str = "2", seed: int = 0) -> Path:
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    assert sum(config.text_config.rope_parameters["mrope_section"]) * 2 == head_dim
-    torch.manual_seed(seed)
-    model = model_cls(config).eval()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    text = config.text_config
+    assert sum(text.rope_parameters["mrope_section"]) * 2 == text.hidden_size // text.num_attention_heads
     # The processor's patching must match the vision tower; a small pixel range keeps tests fast.
     common = dict(patch_size=patch, merge_size=merge, temporal_patch_size=temporal,
                   min_pixels=56 * 56, max_pixels=112 * 112)
@@ -131,9 +149,7 @@ def build_qwen_vl(path: str | Path, version: str = "2", seed: int = 0) -> Path:
         tokenizer=tok,
         chat_template=_QWEN_TEMPLATE,
     )
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return _save(model_cls, config, processor, tok, "<|im_end|>", path, seed)
 
 
 def build_smolvlm(path: str | Path, seed: int = 0) -> Path:
@@ -154,19 +170,7 @@ def build_smolvlm(path: str | Path, seed: int = 0) -> Path:
     image_size, patch, scale = 64, 16, 2
     seq_len = (image_size // patch) ** 2 // scale**2
     config = SmolVLMConfig(
-        text_config=dict(
-            model_type="llama",
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            bos_token_id=ids["<|im_start|>"],
-            eos_token_id=ids["<end_of_utterance>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
+        text_config=_text_config(tok, "<|im_start|>", "<end_of_utterance>", model_type="llama"),
         vision_config=dict(
             hidden_size=32,
             intermediate_size=64,
@@ -178,10 +182,6 @@ def build_smolvlm(path: str | Path, seed: int = 0) -> Path:
         image_token_id=ids["<image>"],
         scale_factor=scale,
     )
-    torch.manual_seed(seed)
-    model = SmolVLMForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids["<end_of_utterance>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
     edge = {"longest_edge": image_size}
     processor = SmolVLMProcessor(
         image_processor=SmolVLMImageProcessor(size=edge, max_image_size=edge, do_image_splitting=False),
@@ -190,9 +190,7 @@ def build_smolvlm(path: str | Path, seed: int = 0) -> Path:
         image_seq_len=seq_len,
         chat_template=_SMOL_TEMPLATE,
     )
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return _save(SmolVLMForConditionalGeneration, config, processor, tok, "<end_of_utterance>", path, seed)
 
 
 def build_llava_onevision(path: str | Path, seed: int = 0) -> Path:
@@ -211,19 +209,7 @@ def build_llava_onevision(path: str | Path, seed: int = 0) -> Path:
     ids = {t: tok.convert_tokens_to_ids(t) for t in special}
     image_size, patch = 64, 16
     config = LlavaOnevisionConfig(
-        text_config=dict(
-            model_type="qwen2",
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
+        text_config=_text_config(tok, "<|endoftext|>", "<|im_end|>", model_type="qwen2"),
         vision_config=dict(
             model_type="siglip_vision_model",
             hidden_size=32,
@@ -238,10 +224,6 @@ def build_llava_onevision(path: str | Path, seed: int = 0) -> Path:
         video_token_index=ids["<video>"],
         image_grid_pinpoints=[[image_size, image_size]],
     )
-    torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
     square = {"height": image_size, "width": image_size}
     processor = LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(size=square, image_grid_pinpoints=[[image_size, image_size]]),
@@ -251,6 +233,4 @@ def build_llava_onevision(path: str | Path, seed: int = 0) -> Path:
         vision_feature_select_strategy="full",
         chat_template=_LLAVA_TEMPLATE,
     )
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return _save(LlavaOnevisionForConditionalGeneration, config, processor, tok, "<|im_end|>", path, seed)
