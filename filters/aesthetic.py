@@ -89,6 +89,11 @@ class AestheticStage(Stage):
 
         embs = frame_embeddings(clips, self.clip, self._clip)
         present = [e for e in embs if e is not None]
+        if present and present[0].shape[1] != self._head.layers[0].in_features:
+            raise ValueError(
+                f"the aesthetic head takes {self._head.layers[0].in_features}-d embeddings but CLIP "
+                f"'{self.clip.model}' gives {present[0].shape[1]}-d (the LAION head needs ViT-L-14)"
+            )
         if present:
             with torch.inference_mode():
                 scores = self._head(torch.from_numpy(np.concatenate(present))).squeeze(1).double().numpy()

@@ -22,15 +22,20 @@ from curate.stage import GlobalStage
 
 
 def similar_pairs(emb: np.ndarray, threshold: float, block: int = 4096) -> list[np.ndarray]:
-    """For each row of unit vectors, the indices of the other rows with cosine similarity >= threshold."""
+    """For each row of unit vectors, the sorted indices of the other rows with cosine >= threshold.
+    Only the upper triangle of the similarity matrix is computed, `block` rows at a time."""
     n = len(emb)
-    neighbours: list[np.ndarray] = []
+    src, dst = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start in range(0, n, block):
-        rows, cols = np.nonzero(emb[start : start + block] @ emb.T >= threshold)
-        cuts = np.searchsorted(rows, np.arange(1, min(block, n - start)))
-        for r, hits in enumerate(np.split(cols, cuts)):
-            neighbours.append(hits[hits != start + r])
-    return neighbours
+        r, c = np.nonzero(emb[start : start + block] @ emb[start:].T >= threshold)
+        upper = c > r  # columns are offset by `start` like the rows: c > r means a later clip
+        src.append(r[upper] + start)
+        dst.append(c[upper] + start)
+    a, b = np.concatenate(src), np.concatenate(dst)
+    rows, cols = np.concatenate([a, b]), np.concatenate([b, a])
+    order = np.lexsort((cols, rows))
+    rows, cols = rows[order], cols[order]
+    return np.split(cols, np.searchsorted(rows, np.arange(1, n)))
 
 
 class DedupStage(GlobalStage):
@@ -54,12 +59,19 @@ class DedupStage(GlobalStage):
     def keepers(self, table: pa.Table, kept: list[bool]) -> list[str | None]:
         """duplicate_of for each row: the keeper's clip_id, or None for keepers and non-candidates."""
         ids = table["clip_id"].to_pylist()
-        embs = table["clip_embedding"].to_pylist() if "clip_embedding" in table.column_names else [None] * table.num_rows
-        cand = [i for i in range(table.num_rows) if kept[i] is not False and embs[i] is not None and ids[i] is not None]
         out: list[str | None] = [None] * table.num_rows
+        if "clip_embedding" not in table.column_names:
+            return out
+        col = table["clip_embedding"].combine_chunks()
+        has = col.is_valid().to_numpy(zero_copy_only=False)
+        cand = [i for i in range(table.num_rows) if kept[i] is not False and has[i] and ids[i] is not None]
         if len(cand) < 2:
             return out
-        e = np.asarray([embs[i] for i in cand], dtype=np.float32)
+        picked = col.take(cand)
+        dims = pc.unique(pc.list_value_length(picked)).to_pylist()
+        if len(dims) != 1:
+            raise ValueError(f"clip_embedding lengths differ ({sorted(dims)}): embeddings from different models")
+        e = picked.flatten().to_numpy().reshape(len(cand), dims[0]).astype(np.float32)
         e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         neighbours = similar_pairs(e, self.threshold, self.block)
         scores = self._scores(table)[cand]

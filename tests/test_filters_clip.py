@@ -84,6 +84,15 @@ def test_aesthetic_matches_the_head_on_normalised_embeddings(models, embedder, c
     assert [c["aesthetic_score"] for c in fresh[:2]] == pytest.approx(mins, abs=1e-4)
 
 
+def test_head_and_clip_size_mismatch_is_explained(models, tmp_path):
+    path = tmp_path / "head512.pth"
+    torch.save(aesthetic_head(512).state_dict(), path)
+    stage = AestheticStage(clip=models["clip"], weights=str(path))
+    stage.setup()
+    with pytest.raises(ValueError, match="takes 512-d embeddings but CLIP 'TinyCLIP-test' gives 768-d"):
+        stage.process_batch([record(frames=np.zeros((1, 64, 64, 3), np.uint8))])
+
+
 def test_frame_embeddings_survive_the_arrow_hop_between_stages(models, embedder, clips):
     """Between Ray stages records travel as Arrow tables: the per-frame embeddings must arrive intact."""
     from curate.record import clip_schema, from_table, to_table

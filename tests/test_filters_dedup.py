@@ -104,3 +104,9 @@ def test_blockwise_pairs_match_the_full_matrix():
     small = similar_pairs(e, 0.9, block=7)
     assert [list(a) for a in full] == [list(b) for b in small]
     assert all(i + 20 in full[i] for i in range(20))
+
+
+def test_embeddings_of_different_sizes_are_refused(rows):
+    rows[1]["clip_embedding"] = rows[1]["clip_embedding"][:32]
+    with pytest.raises(ValueError, match="different models"):
+        DedupStage().process_manifest(table(rows))
