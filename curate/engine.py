@@ -152,12 +152,16 @@ _TASK_RUNNERS: dict[str, StageRunner] = {}
 
 
 def run_stage_task(table: pa.Table, stage: Stage, schema: pa.Schema, metrics) -> pa.Table:
-    """Task-mode entry: one StageRunner (and one setup()) per worker process, reused across tasks."""
+    """Task-mode entry: one StageRunner (and one setup()) per worker process, reused across tasks.
+    Ray is given no batch size for task stages (see run_pipeline); the stage's own applies here."""
     key = f"{stage.name}:{stage.model_dump_json()}"
     runner = _TASK_RUNNERS.get(key)
     if runner is None:
         runner = _TASK_RUNNERS[key] = StageRunner(stage, schema, metrics)
-    return runner(table)
+    n = stage.batch_size
+    if table.num_rows <= n:
+        return runner(table)
+    return pa.concat_tables([runner(table.slice(i, n)) for i in range(0, table.num_rows, n)])
 
 
 # ---------------------------------------------------------------- driver side
@@ -189,7 +193,8 @@ def _init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
 
     if ray.is_initialized():
         return ray
-    address = address or cfg.ray.address
+    # A driver that `ray job submit` started finds its cluster in RAY_ADDRESS.
+    address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         return ray
@@ -302,12 +307,18 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
             num_gpus = stage.num_gpus if stage.num_gpus is not None else (
                 stage.gpu_fraction if (stage.uses_gpu and gpus) else 0
             )
-            common = dict(batch_size=stage.batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus, **remote_args)
+            # Task stages fuse into the split task, and Ray Data would bundle batch_size input rows
+            # (videos) into each fused task: one task decoding them one after another.
+            batch_size = stage.batch_size if stage.uses_actors else None
+            common = dict(batch_size=batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus, **remote_args)
             if stage.uses_actors:
                 ds = ds.map_batches(
                     StageRunner,
                     fn_constructor_kwargs={"stage": stage, "schema": full_schema, "metrics": metrics},
                     compute=ray.data.ActorPoolStrategy(size=stage.pool_size),
+                    # A crashed model actor is restarted. This also keeps Ray Data from fusing the
+                    # decode tasks into the model's actors, which would cap decoding at the pool size.
+                    max_restarts=3,
                     **common,
                 )
             else:
