@@ -92,7 +92,6 @@ class ClipEncoder:
         import open_clip
         import torch
 
-        self.spec = spec
         self.identity = spec.identity
         path = checkpoint_file(fetch(spec.ref(stage)))
         tag = spec._tag_cfg()
