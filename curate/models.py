@@ -95,7 +95,7 @@ def how_to_provide(ref: ModelRef) -> str:
         ways.append(f"set `{ref.stage}.{ref.key}: /path/to/{ref.name}` in the pipeline")
     ways.append(f"put it at $CURATE_MODEL_DIR/{ref.name}")
     if ref.hf_repo:
-        what = f"{ref.hf_repo}/{ref.hf_filename}" if ref.hf_filename else ref.hf_repo
+        what = f"{ref.hf_repo} {ref.hf_filename}" if ref.hf_filename else ref.hf_repo
         ways.append(f"pre-download it into the Hugging Face cache (`hf download {what}`)")
     if ref.url:
         ways.append(f"download {ref.url}")

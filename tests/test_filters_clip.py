@@ -177,7 +177,7 @@ def test_missing_model_fails_at_start_with_instructions(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "model 'ViT-L-14-openai' for stage 'embedding'" in msg
     assert "embedding.clip.weights" in msg and "$CURATE_MODEL_DIR/ViT-L-14-openai" in msg
-    assert "timm/vit_large_patch14_clip_224.openai/open_clip_model.safetensors" in msg
+    assert "`hf download timm/vit_large_patch14_clip_224.openai open_clip_model.safetensors`" in msg
     assert not (tmp_path / "out").exists()
 
     cfg.stages["embedding"] = {"mode": "off"}
