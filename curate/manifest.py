@@ -22,7 +22,11 @@ CLIPS_DIR, VIDEOS_DIR = "clips", "videos"
 
 def _to_parquet(table: pa.Table) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    with pq.ParquetWriter(buf, table.schema, compression="zstd") as writer:
+        # A part of failed videos only has no clips: it gets no row group at all, as an empty
+        # row group breaks some readers (Hugging Face datasets).
+        if table.num_rows:
+            writer.write_table(table)
     return buf.getvalue()
 
 
