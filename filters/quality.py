@@ -68,8 +68,10 @@ class QualityStage(Stage):
     blown_level: int = 245
     # Mean absolute difference (8-bit) below which two consecutive motion frames count as frozen.
     frozen_diff: float = 1.0
-    # Thresholds applied in filter mode (None: no rule).
-    min_sharpness: float | None = 10.0
+    # Thresholds applied in filter mode (None: no rule). Sharpness on the sample footage: crisp
+    # 448-line shots 40-300, 144-line sources about 18, fast pans with motion blur 5-8, a Gaussian
+    # blur of sigma 2 pixels about 2-6.
+    min_sharpness: float | None = 5.0
     min_luma: float | None = 0.06
     max_luma: float | None = 0.94
     max_crushed_share: float | None = None
