@@ -106,7 +106,7 @@ def run_stage(name: str, stage, clips: list[dict]) -> dict:
         stage.process_batch(work[i : i + stage.batch_size])
     busy = time.perf_counter() - t0
     frames = sum(frames_of(name, c) for c in clips)
-    return {"setup_s": setup_s, "clips": len(clips), "frames": frames, "busy_s": busy}
+    return {"setup_s": setup_s, "clips": len(clips), "frames": frames, "busy_s": busy, "out": work}
 
 
 def run_dedup(n: int) -> dict:
@@ -154,11 +154,18 @@ def main() -> int:
     print(f"{len(clips)} clips from {', '.join(SAMPLES)}: frames {clips[0]['frames'].shape[1:]}..., "
           f"{sum(len(c['motion_frames']) for c in clips) / len(clips):.1f} motion frames a clip")
     print(f"{'stage':<18} {'setup s':>8} {'clips':>7} {'frames':>7} {'busy s':>8} {'clips/s':>9} {'frames/s':>9}")
+    embedded = None
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.stages.split(","):
-            r = run_dedup(args.dedup_clips) if name == "dedup" else run_stage(name, build(name, args, tmp), clips)
-            fps = f"{r['frames'] / r['busy_s']:9.1f}" if r["frames"] else f"{'-':>9}"
-            print(f"{name:<18} {r['setup_s']:8.2f} {r['clips']:7d} {r['frames']:7d} {r['busy_s']:8.2f} {r['clips'] / r['busy_s']:9.2f} {fps}")
+            runs = [(name, run_dedup(args.dedup_clips) if name == "dedup" else run_stage(name, build(name, args, tmp), clips))]
+            if name == "embedding":
+                embedded = runs[0][1]["out"]
+            if name == "aesthetic" and embedded is not None:
+                # As in a run with both stages on: the head alone, on the embedding stage's frame embeddings.
+                runs.append(("aesthetic (reuse)", run_stage(name, build(name, args, tmp), embedded)))
+            for label, r in runs:
+                fps = f"{r['frames'] / r['busy_s']:9.1f}" if r["frames"] else f"{'-':>9}"
+                print(f"{label:<18} {r['setup_s']:8.2f} {r['clips']:7d} {r['frames']:7d} {r['busy_s']:8.2f} {r['clips'] / r['busy_s']:9.2f} {fps}")
     return 0
 
 
