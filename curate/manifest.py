@@ -113,12 +113,19 @@ class ManifestWriter:
 
 
 def rewrite_clips(store: Store, update, clip_schema: pa.Schema) -> None:
-    """Apply `update(table) -> table` to every committed clips part, one atomic rewrite per part."""
-    for name in store.list(CLIPS_DIR):
-        if not name.endswith(".parquet"):
-            continue
-        rel = f"{CLIPS_DIR}/{name}"
-        table = pq.read_table(io.BytesIO(store.read_bytes(rel)))
-        new = update(table).select(clip_schema.names).cast(clip_schema)
-        if not new.equals(table):
-            store.write_bytes(rel, _to_parquet(new))
+    """Apply `update(table) -> table` to all committed clips at once (dedup compares clips across
+    parts), then write back each part whose rows changed, one atomic rewrite per part."""
+    names = [n for n in store.list(CLIPS_DIR) if n.endswith(".parquet")]
+    if not names:
+        return
+    parts = [pq.read_table(io.BytesIO(store.read_bytes(f"{CLIPS_DIR}/{n}"))).select(clip_schema.names).cast(clip_schema)
+             for n in names]
+    new = update(pa.concat_tables(parts)).select(clip_schema.names).cast(clip_schema)
+    if new.num_rows != sum(p.num_rows for p in parts):
+        raise RuntimeError(f"a global stage returned {new.num_rows} rows for {sum(p.num_rows for p in parts)}")
+    offset = 0
+    for name, part in zip(names, parts):
+        updated = new.slice(offset, part.num_rows)
+        offset += part.num_rows
+        if not updated.equals(part):
+            store.write_bytes(f"{CLIPS_DIR}/{name}", _to_parquet(updated))

@@ -35,7 +35,7 @@ def test_scores_filter_and_dedup_in_a_run(tmp_path, ray_session):
     cfg = PipelineConfig.model_validate(
         {
             "input": {"paths": [str(d / "*.mp4")]},
-            "output": {"path": str(tmp_path / "out"), "videos_per_part": 100},
+            "output": {"path": str(tmp_path / "out"), "videos_per_part": 1},  # dedup must see across parts
             "shots": {"detector": "adaptive"},
             "clips": {"min_duration_s": 1.0, "max_duration_s": 10.0},
             "stages": {
