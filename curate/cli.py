@@ -40,12 +40,12 @@ def cmd_models(args) -> int:
     missing = 0
     for ref in refs:
         r = resolve(ref)
-        state = "available" if r.available else "MISSING"
+        state = "available" if r.path else ("download" if r.available else "MISSING")
         where = r.path or r.detail
-        print(f"{ref.stage:<10} {ref.name:<48} {state:<10} {r.source}: {where}")
+        print(f"{ref.stage:<18} {ref.name:<40} {state:<10} {r.source}: {where}")
         if not r.available:
             missing += 1
-            print(f"{'':<10} -> {how_to_provide(ref)}")
+            print(f"{'':<18} -> {how_to_provide(ref)}")
     return 1 if missing else 0
 
 

@@ -37,6 +37,7 @@ from curate.storage import Store, is_s3, local_copy
 log = logging.getLogger("curate")
 
 ERRORS_FIELD = pa.field("errors", pa.list_(pa.string()))
+DECODE_MEMORY_BYTES = 512 * 1024**2
 
 
 def pipeline_stages(cfg: PipelineConfig) -> list[Stage]:
@@ -152,16 +153,12 @@ _TASK_RUNNERS: dict[str, StageRunner] = {}
 
 
 def run_stage_task(table: pa.Table, stage: Stage, schema: pa.Schema, metrics) -> pa.Table:
-    """Task-mode entry: one StageRunner (and one setup()) per worker process, reused across tasks.
-    Ray is given no batch size for task stages (see run_pipeline); the stage's own applies here."""
+    """Task-mode entry: one StageRunner (and one setup()) per worker process, reused across tasks."""
     key = f"{stage.name}:{stage.model_dump_json()}"
     runner = _TASK_RUNNERS.get(key)
     if runner is None:
         runner = _TASK_RUNNERS[key] = StageRunner(stage, schema, metrics)
-    n = stage.batch_size
-    if table.num_rows <= n:
-        return runner(table)
-    return pa.concat_tables([runner(table.slice(i, n)) for i in range(0, table.num_rows, n)])
+    return runner(table)
 
 
 # ---------------------------------------------------------------- driver side
@@ -298,6 +295,10 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
             batch_size=1,
             batch_format="pyarrow",
             num_cpus=1,
+            # The decode pass's own memory (bounded, see bench/memory.py). Declaring it also keeps Ray
+            # Data from fusing decoding into a stage's actors (which would cap decoding at the pool
+            # size) or into task stages (which would bundle `batch_size` videos into one task).
+            memory=DECODE_MEMORY_BYTES,
             concurrency=cfg.ray.split_concurrency,
             **remote_args,
         )
@@ -307,18 +308,14 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
             num_gpus = stage.num_gpus if stage.num_gpus is not None else (
                 stage.gpu_fraction if (stage.uses_gpu and gpus) else 0
             )
-            # Task stages fuse into the split task, and Ray Data would bundle batch_size input rows
-            # (videos) into each fused task: one task decoding them one after another.
-            batch_size = stage.batch_size if stage.uses_actors else None
-            common = dict(batch_size=batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus, **remote_args)
+            common = dict(batch_size=stage.batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus, **remote_args)
             if stage.uses_actors:
                 ds = ds.map_batches(
                     StageRunner,
                     fn_constructor_kwargs={"stage": stage, "schema": full_schema, "metrics": metrics},
                     compute=ray.data.ActorPoolStrategy(size=stage.pool_size),
-                    # A crashed model actor is restarted. This also keeps Ray Data from fusing the
-                    # decode tasks into the model's actors, which would cap decoding at the pool size.
-                    max_restarts=3,
+                    # Declared memory also keeps Ray Data from fusing pixel tasks into model actors.
+                    memory=(stage.memory_mb or stage.default_memory_mb) * 1024**2,
                     **common,
                 )
             else:

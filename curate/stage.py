@@ -39,10 +39,13 @@ class Stage(BaseModel):
     num_gpus: float | None = Field(None, ge=0)
     batch_size: int = Field(8, ge=1)
     pool_size: int = Field(1, ge=1)
+    # Memory each model actor reserves for its weights and activations (None: `default_memory_mb`).
+    memory_mb: int | None = Field(None, ge=1)
 
     # Whether the stage can use a GPU at all, and how much of one it asks for by default.
     uses_gpu: ClassVar[bool] = False
     gpu_fraction: ClassVar[float] = 0.25
+    default_memory_mb: ClassVar[int] = 1024
 
     @property
     def enabled(self) -> bool:
