@@ -240,12 +240,12 @@ def format_row(name: str, s: Score) -> str:
     speed = s.frames / s.detect_s if s.detect_s else float("nan")
     dec = f"{s.frames / s.decode_s:7.0f}" if s.decode_s else "      -"
     return (
-        f"{name:<22} {s.precision:6.3f} {s.recall:6.3f} {s.f1:6.3f} {s.tp:4d} {s.fp:4d} {s.fn:4d}"
+        f"{name:<30} {s.precision:6.3f} {s.recall:6.3f} {s.f1:6.3f} {s.tp:4d} {s.fp:4d} {s.fn:4d}"
         f" {speed:8.0f} {dec}  found: {kinds}  fp in traps: {traps}"
     )
 
 
-HEADER = f"{'detector':<22} {'P':>6} {'R':>6} {'F1':>6} {'TP':>4} {'FP':>4} {'FN':>4} {'det f/s':>8} {'dec f/s':>7}"
+HEADER = f"{'detector':<30} {'P':>6} {'R':>6} {'F1':>6} {'TP':>4} {'FP':>4} {'FN':>4} {'det f/s':>8} {'dec f/s':>7}"
 
 
 def cmd_eval_shots(args) -> int:

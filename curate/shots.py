@@ -101,9 +101,10 @@ class CurateDetector:
 
     input_kind = "bgr"
     THUMB, HIST_SIZE = (32, 18), (64, 36)
-    BRIDGE = 6  # longest flash or occlusion, in frames
+    # Frame counts at 25 fps (scaled up for higher frame rates):
+    BRIDGE = 6  # longest flash or occlusion
     WINDOW = 8  # frames each side that set the local level of change for hard cuts
-    SCALES = (4, 8, 12, 16)  # half-widths of the windows tested for dissolves (up to ~30-frame dissolves)
+    SCALES = (4, 8, 12, 16)  # half-widths of the windows tested for dissolves (up to ~1.2 s dissolves)
     DARK_MEAN, DARK_STD = 24.0, 10.0
     CUT = 30.0  # mean absolute grey difference (0-255) a hard cut needs at least
     CUT_RATIO = 2.5  # ...and its multiple of the local median change
@@ -111,9 +112,12 @@ class CurateDetector:
     BLEND_RESIDUAL = 0.22  # mean blend residual relative to the change between the window's ends
     ALIKE = 0.35  # frames "look alike" below this fraction of the change being tested
 
-    def __init__(self, cfg: ShotsConfig):
+    def __init__(self, cfg: ShotsConfig, fps: float = 25.0):
         self.cut = cfg.threshold if cfg.threshold is not None else self.CUT
         self.min_gap = cfg.min_scene_len
+        k = max(1.0, fps / 25.0)
+        self.BRIDGE, self.WINDOW = round(self.BRIDGE * k), round(self.WINDOW * k)
+        self.SCALES = tuple(round(g * k) for g in self.SCALES)
         top = max(self.SCALES)
         # A dissolve is settled 3 windows after it starts; merging waits min_scene_len more.
         self.latency = 3 * top + self.BRIDGE + self.min_gap + 2
@@ -394,7 +398,7 @@ def make_detector(cfg: ShotsConfig, fps: float, weights_path: str | None = None)
     if kind == "stride":
         return StrideDetector(fps, cfg)
     if kind == "curate":
-        return CurateDetector(cfg)
+        return CurateDetector(cfg, fps)
     if weights_path is None:
         from curate.models import fetch
 
