@@ -1,4 +1,4 @@
-"""`curate` command line: run, validate and models (and the trainer's shard/train/sample)."""
+"""`curate` command line: run, validate, models, report, eval-shots, and the trainer's shard/train/sample."""
 
 from __future__ import annotations
 
@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:port (default: local Ray)")
     pipeline_cmd("validate", cmd_validate, "check a pipeline file without running it")
     pipeline_cmd("models", cmd_models, "list the models a pipeline needs and where they resolve")
+    from curate import eval_shots, report
+    from curate.train import cli as train_cli
+
+    report.register(sub)
+    eval_shots.register(sub)
+    train_cli.register(sub)
     return parser
 
 

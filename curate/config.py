@@ -87,7 +87,7 @@ class FramesConfig(Section):
 
 
 class ShotsConfig(Section):
-    # auto: transnetv2 when a GPU is present, else adaptive.
+    # auto: transnetv2 when a GPU is present, else curate (cuts, dissolves, fades; see bench/README.md).
     detector: Literal["auto", "curate", "adaptive", "content", "transnetv2", "stride"] = "auto"
     # Detector threshold; None keeps each detector's default.
     threshold: float | None = None

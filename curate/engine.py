@@ -349,6 +349,9 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
 
     _summarise(summary, store, out_schema, metrics_data, t_start)
     store.write_bytes("summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True).encode())
+    from curate.report import write_report
+
+    write_report(cfg.output.path, store, rules=[r for s in stages if s.name == "filter" for r in s.rules])
     echo(
         f"curate: done in {summary.wall_s:.1f}s: {summary.videos_ok} videos ok, {summary.videos_error} failed, "
         f"{summary.clips} clips ({summary.clips_kept} kept, {summary.clips_filtered} filtered) -> {cfg.output.path}"

@@ -386,9 +386,9 @@ def resolve_detector_kind(cfg: ShotsConfig) -> str:
     try:
         import torch
 
-        return "transnetv2" if torch.cuda.is_available() else "adaptive"
+        return "transnetv2" if torch.cuda.is_available() else "curate"
     except ImportError:
-        return "adaptive"
+        return "curate"
 
 
 def make_detector(cfg: ShotsConfig, fps: float, weights_path: str | None = None) -> Detector:
