@@ -201,7 +201,7 @@ def render(videos: pa.Table | None, clips: pa.Table | None, rules: list[str], su
     cols = score_columns(clips) if clips is not None else []
     fps_of = {v["video_id"]: v.get("fps") for v in ok}
 
-    funnel_steps = [("videos", len(vrows), f"{len(ok)} decoded, {len(failed)} failed"), ("scenes", scenes, "detected shots"),
+    funnel_steps = [("videos", len(vrows), f"({len(ok)} decoded, {len(failed)} failed)"), ("scenes", scenes, "detected shots"),
                     ("clips", len(crows), "after shaping"), ("kept", len(kept), "after filtering")]
     top = max([n for _, n, _ in funnel_steps] + [1])
     funnel = "".join(
