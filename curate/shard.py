@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
@@ -95,18 +94,20 @@ def bucket_of(row: dict, cfg: ShardConfig) -> str:
 
 
 def read_manifest(output: str, s3: S3Config | None = None) -> pa.Table:
-    """The clips manifest of a pipeline OUTPUT (local directory or s3:// prefix)."""
-    if is_s3(output):
-        from pyarrow import fs
+    """The clips manifest of a pipeline OUTPUT (local or s3://): every committed part.
 
-        s3 = s3 or S3Config()
-        bucket, key = split_s3(output.rstrip("/") + "/clips")
-        creds = {}
-        if os.environ.get(s3.access_key_env) and os.environ.get(s3.secret_key_env):
-            creds = {"access_key": os.environ[s3.access_key_env], "secret_key": os.environ[s3.secret_key_env]}
-        filesystem = fs.S3FileSystem(endpoint_override=s3.endpoint_url, region=s3.region or "us-east-1", **creds)
-        return ds.dataset(f"{bucket}/{key}", format="parquet", filesystem=filesystem).to_table()
-    return ds.dataset(os.path.join(output, "clips"), format="parquet").to_table()
+    A clips part counts once its videos part exists (the writer commits videos last), so a
+    manifest still being written, or left by a killed run, never yields half a video.
+    """
+    from curate.manifest import CLIPS_DIR, VIDEOS_DIR
+
+    store = Store(output, s3)
+    committed = set(store.list(VIDEOS_DIR))
+    names = [n for n in store.list(CLIPS_DIR) if n.endswith(".parquet") and n in committed]
+    if not names:
+        raise FileNotFoundError(f"{output}: no committed clips manifest parts under {CLIPS_DIR}/")
+    tables = [pq.read_table(io.BytesIO(store.read_bytes(f"{CLIPS_DIR}/{n}"))) for n in names]
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def select_clips(table: pa.Table, rules: list[str]) -> list[dict]:

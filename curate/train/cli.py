@@ -31,7 +31,7 @@ def cmd_shard(args) -> int:
     try:
         summary = write_shards(args.output, cfg)
     except FileNotFoundError as e:
-        return _fail(f"{args.output}: no clips manifest ({e})", 1)
+        return _fail(str(e), 1)
     print(f"{summary['clips']} clips in {summary['shards']} shards, {summary['buckets']} buckets -> {summary['out']}")
     return 0
 
