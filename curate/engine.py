@@ -37,6 +37,8 @@ from curate.storage import Store, is_s3, local_copy
 log = logging.getLogger("curate")
 
 ERRORS_FIELD = pa.field("errors", pa.list_(pa.string()))
+# Transient columns every stage sees (they are small); the rest only reach stages that read them.
+PASSTHROUGH = {"video", "emitted_clips", "frame_indices", "motion_frame_indices"}
 DECODE_MEMORY_BYTES = 512 * 1024**2
 
 
@@ -123,7 +125,10 @@ class StageRunner:
         self.stage.setup()
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        rows = from_table(table)
+        # Transient columns the stage does not read skip the round trip through Python objects and
+        # are re-attached unchanged (for the filter, that is every frame).
+        untouched = [c for c in TRANSIENT_NAMES - PASSTHROUGH if c in table.column_names and c not in self.stage.reads]
+        rows = from_table(table.drop_columns(untouched))
         idx = [
             i
             for i, r in enumerate(rows)
@@ -146,7 +151,12 @@ class StageRunner:
                 rows[i] = r
         frames = sum(len(rows[i].get("frame_indices") or []) for i in idx)
         _record_metrics(self.metrics, self.stage.name, len(idx), frames, time.perf_counter() - t0)
-        return to_table(rows, self.schema)
+        if not untouched:
+            return to_table(rows, self.schema)
+        out = to_table(rows, pa.schema([f for f in self.schema if f.name not in untouched]))
+        for c in untouched:
+            out = out.append_column(self.schema.field(c), table.column(c))
+        return out.select(self.schema.names)
 
 
 _TASK_RUNNERS: dict[str, StageRunner] = {}
@@ -270,6 +280,8 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
     summary = RunSummary(inputs=len(uris), skipped_done=len(uris) - len(pending))
     echo(f"curate: {len(uris)} inputs, {summary.skipped_done} already done, {len(pending)} to process")
 
+    # Resolved here once: `auto` would otherwise import torch in every decode worker to look for a GPU.
+    cfg = cfg.model_copy(update={"shots": cfg.shots.model_copy(update={"detector": resolve_detector_kind(cfg.shots)})})
     full_schema = manifest_schema(stages, transient=True)
     out_schema = manifest_schema(stages, transient=False)
     writer = manifest.ManifestWriter(store, out_schema, cfg.output.videos_per_part, cfg.output.flush_interval_s)

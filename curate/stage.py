@@ -32,6 +32,8 @@ class Stage(BaseModel):
     order: ClassVar[int] = 100
     # Stages that only make sense on clips the filter kept (captioning, transcoding) set this.
     kept_only: ClassVar[bool] = False
+    # Transient columns (frames, motion_frames, frame_embeddings, ...) the stage reads or writes.
+    reads: ClassVar[frozenset[str]] = frozenset({"frames", "motion_frames", "frame_embeddings", "frame_embeddings_model"})
 
     mode: Mode = "score-only"
     num_cpus: float = Field(1.0, gt=0)

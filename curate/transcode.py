@@ -87,6 +87,7 @@ def write_mp4(
 class TranscodeStage(Stage):
     name: ClassVar[str] = "transcode"
     order: ClassVar[int] = 90
+    reads: ClassVar[frozenset[str]] = frozenset()
     kept_only: ClassVar[bool] = True
 
     output: str

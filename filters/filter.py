@@ -67,6 +67,7 @@ def apply_rules(clips: list[dict], rules: list[str]) -> list[dict]:
 class FilterStage(Stage):
     name: ClassVar[str] = "filter"
     order: ClassVar[int] = 60
+    reads: ClassVar[frozenset[str]] = frozenset()
 
     mode: Mode = "filter"
     rules: list[str] = []
