@@ -181,17 +181,16 @@ class _TarShards:
 
     def __init__(self, store: Store, bucket: str, target_size: int, tmpdir: str):
         self.store, self.bucket, self.target = store, bucket, target_size
-        self.tmpdir = tmpdir
+        self.local = os.path.join(tmpdir, "shard.tar")
         self.count = 0
         self.tar: tarfile.TarFile | None = None
         self.written: list[str] = []
 
     def add(self, key: str, members: dict[str, bytes]) -> dict:
         size = sum(512 + math.ceil(len(b) / 512) * 512 for b in members.values())
-        if self.tar is not None and self.tar.offset > 0 and self.tar.offset + size > self.target:
-            self.close()
+        if self.tar is not None and self.tar.offset + size > self.target:
+            self.close()  # a shard always takes its first clip, however large
         if self.tar is None:
-            self.local = os.path.join(self.tmpdir, f"shard-{self.count:06d}.tar")
             self.tar = tarfile.open(self.local, "w", format=tarfile.USTAR_FORMAT)
         shard = f"{self.bucket}/shard-{self.count:06d}.tar"
         loc = {"shard": shard, "key": key, "bucket": self.bucket}

@@ -211,6 +211,8 @@ def test_keeps_n_latest_and_eval_loss(output, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "eval_loss" in x] == [2, 4]
     assert metrics["eval_loss"] > 0
+    with pytest.raises(ValueError, match="already holds checkpoints"):  # a fresh run would mix with them
+        train(cfg)
 
 
 def test_train_and_sample_cli(output, tmp_path, capsys):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from curate.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from curate.train.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from curate.train.config import TrainConfig
 from curate.train.data import ClipDataset, collate, load_clips, split_holdout
 from curate.train.flow import flow_loss, grid_loss, logit_normal
@@ -64,7 +64,7 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint a run resumes from (the killed run got further)."""
+    """Drop log lines past the step a run starts from (a killed run logged past its last checkpoint)."""
     if not path.exists():
         return
     lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
@@ -117,6 +117,8 @@ def train(
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 65_537 + rank)
     step, epoch, pos = 0, 0, 0
 
+    if not resume and list_checkpoints(cfg.run_dir):
+        raise ValueError(f"{cfg.run_dir} already holds checkpoints: pass --resume latest, or use a new run_dir")
     ckpt = resolve_checkpoint(cfg.run_dir, resume) if resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, device)
@@ -127,10 +129,9 @@ def train(
         if len(state["rng"]) != world:
             raise ValueError(f"{ckpt} was written by {len(state['rng'])} workers, this run has {world}")
         gen.set_state(state["rng"][rank].to("cpu"))
-        if rank == 0:
-            _truncate_metrics(metrics_path, step)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, step)
         params = count_params(model)
         print(
             f"model {cfg.model.preset}: {params / 1e6:.2f}M parameters; {len(train_rows)} train / "
