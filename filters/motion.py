@@ -35,6 +35,7 @@ def flow_magnitude(prev: np.ndarray, nxt: np.ndarray, method: str, dis=None) -> 
 class MotionStage(Stage):
     name: ClassVar[str] = "motion"
     order: ClassVar[int] = 20
+    reads: ClassVar[frozenset[str]] = frozenset({"motion_frames"})
 
     method: Literal["dis", "farneback"] = "dis"
     # Thresholds on motion_score (frame diagonals per second), applied in filter mode.

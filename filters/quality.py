@@ -61,6 +61,7 @@ def frozen_share(motion_frames: np.ndarray | None, max_diff: float) -> float | N
 class QualityStage(Stage):
     name: ClassVar[str] = "quality"
     order: ClassVar[int] = 10
+    reads: ClassVar[frozenset[str]] = frozenset({"frames", "motion_frames"})
 
     # Short side the sharpness is measured at.
     sharpness_size: int = 448

@@ -53,6 +53,7 @@ def _overlaps(a: np.ndarray, b: np.ndarray, share: float = 0.5) -> bool:
 class TextOverlayStage(Stage):
     name: ClassVar[str] = "text"
     order: ClassVar[int] = 30
+    reads: ClassVar[frozenset[str]] = frozenset({"frames"})
 
     mode: Mode = "filter"
     max_area_ratio: float | None = 0.02
