@@ -129,10 +129,25 @@ class PipelineConfig(Section):
     clips: ClipsConfig = ClipsConfig()
     stages: dict[str, dict[str, Any]] = {}
     filter: FilterConfig = FilterConfig()
+    # WebDataset shards of the kept clips as the run's last step (keys: `curate shard --help`).
+    shard: dict[str, Any] | None = None
 
     def build_stages(self) -> list[Stage]:
         """Instantiate the configured stages in their fixed order (validates each section)."""
         return _build_stages(self.stages)
+
+    def shard_config(self):
+        """The `shard:` section as a ShardConfig (None when absent); S3 settings default to the output's."""
+        if self.shard is None:
+            return None
+        from curate.shard import ShardConfig
+
+        section = dict(self.shard)
+        section.setdefault("s3", self.output.s3.model_dump())
+        try:
+            return ShardConfig.model_validate(section)
+        except ValidationError as e:
+            raise ConfigError(_one_line(e, prefix="shard")) from None
 
 
 def stage_class(name: str) -> type[Stage]:
@@ -204,5 +219,6 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_one_line(e)) from None
-    cfg.build_stages()  # validate stage sections now, before any work
+    cfg.build_stages()  # validate stage and shard sections now, before any work
+    cfg.shard_config()
     return cfg

@@ -364,6 +364,13 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
     from curate.report import write_report
 
     write_report(cfg.output.path, store, rules=[r for s in stages if s.name == "filter" for r in s.rules])
+    shard_cfg = cfg.shard_config()
+    if shard_cfg is not None:
+        from curate.shard import write_shards
+
+        t0 = time.perf_counter()
+        counts = write_shards(cfg.output.path, shard_cfg)
+        echo(f"curate: shards written in {time.perf_counter() - t0:.1f}s: {counts}")
     echo(
         f"curate: done in {summary.wall_s:.1f}s: {summary.videos_ok} videos ok, {summary.videos_error} failed, "
         f"{summary.clips} clips ({summary.clips_kept} kept, {summary.clips_filtered} filtered) -> {cfg.output.path}"

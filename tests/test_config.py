@@ -55,3 +55,11 @@ def test_cli_missing_input_file(tmp_path):
     r = subprocess.run([sys.executable, "-m", "curate", "run", str(p)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "input.paths[0]: 'does/not/exist.mp4' does not exist" in r.stderr
+
+
+def test_shard_section_is_validated(tmp_path):
+    cfg = load_config(write(tmp_path, BASE + "shard:\n  target_size: 64MB\n"))
+    assert cfg.shard_config().target_size == 64_000_000
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, BASE + "shard:\n  bogus: 1\n"))
+    assert str(e.value) == "shard.bogus: unknown key"

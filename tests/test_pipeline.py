@@ -131,7 +131,7 @@ def test_mp4_clips(tmp_path, ray_session, corpus):
 
     d, _, _ = corpus
     out = tmp_path / "mp4"
-    extra = "  mode: mp4\n  short_side: 96\n  fps: 10\n"
+    extra = "  mode: mp4\n  short_side: 96\n  fps: 10\nshard:\n  target_size: 1MB\n"
     p = pipeline_file(tmp_path, [d / "gen1.mp4"], out)
     p.write_text(p.read_text() + extra)
     run_pipeline(load_config(p), address=ray_session)
@@ -147,3 +147,9 @@ def test_mp4_clips(tmp_path, ray_session, corpus):
             assert s.codec_context.name == "h264"
         assert n == r["num_frames"] and r["fps"] == 10.0
         assert abs(n - round((r["end_frame"] - r["start_frame"]) / 2.5)) <= 1
+    # Shards as the run's last step: every kept clip once, in its bucket.
+    import pyarrow.parquet as pq
+
+    index = pq.read_table(out / "shards" / "index.parquet").to_pylist()
+    assert sorted(i["key"] for i in index) == sorted(r["clip_id"] for r in rows)
+    assert all((out / "shards" / i["shard"]).exists() and i["bucket"].startswith("resolution_") for i in index)
