@@ -72,6 +72,9 @@ class RayConfig(Section):
     object_store_memory: int = Field(1_000_000_000, ge=78_643_200)
     # Concurrent videos in the split stage (None: one per CPU).
     split_concurrency: int | None = Field(None, ge=1)
+    # Ray Data block size. Clip records carry frames (about 1-3 MB each), so small blocks keep clips
+    # streaming to the next stage and the manifest writer instead of waiting for 128 MB to pile up.
+    block_mb: int = Field(16, ge=1)
 
 
 class FramesConfig(Section):

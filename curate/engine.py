@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -205,11 +206,12 @@ def _init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
     if address:
         ray.init(address=address, log_to_driver=True)
         return ray
-    # Embedded local Ray: loopback only, bounded object store. Actor pools hold their CPUs for the
-    # whole run, so the logical CPU count leaves at least one for the decode tasks.
+    # Embedded local Ray: loopback only, bounded object store. Model actors hold their logical CPUs
+    # for the whole run but sit idle between batches, so they are counted on top of the machine's
+    # cores: decoding and pixel stages still get one task per core.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     actor_cpus = sum(s.num_cpus * s.pool_size for s in stages if s.uses_actors)
-    num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, int(actor_cpus) + 1)
+    num_cpus = cfg.ray.num_cpus or (os.cpu_count() or 1) + math.ceil(actor_cpus)
     ray.init(
         num_cpus=num_cpus,
         object_store_memory=cfg.ray.object_store_memory,
@@ -295,6 +297,7 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
 
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = False
+        ctx.target_max_block_size = cfg.ray.block_mb * 1024**2
         ctx.enable_progress_bars = sys.stderr.isatty()
         metrics = _metrics_actor(ray)
         gpus = _gpu_count(ray)

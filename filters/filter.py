@@ -71,7 +71,8 @@ class FilterStage(Stage):
 
     mode: Mode = "filter"
     rules: list[str] = []
-    batch_size: int = 256
+    # Small batches: the filter is cheap, and a large one would hold clips back from the writer.
+    batch_size: int = 16
 
     @field_validator("rules")
     @classmethod
