@@ -344,14 +344,10 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
             if now - last > 5:
                 last = now
                 metrics_data = ray.get(metrics.get.remote())
-                errors = sum(1 for v in writer.committed_videos if v["status"] == "error")
-                echo(
-                    "curate: "
-                    + _progress_line(
-                        len(writer.committed_videos) + len(writer.ready), len(pending), errors,
-                        writer.committed_clips, now - t_start, metrics_data,
-                    )
-                )
+                finished = writer.committed_videos + [v["video"] for v in writer.ready]
+                errors = sum(1 for v in finished if v["status"] == "error")
+                clips = writer.committed_clips + sum(len(v["clips"]) for v in writer.ready)
+                echo("curate: " + _progress_line(len(finished), len(pending), errors, clips, now - t_start, metrics_data))
         writer.close()
         metrics_data = ray.get(metrics.get.remote())
 
