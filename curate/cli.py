@@ -8,7 +8,7 @@ import sys
 from curate.config import ConfigError, load_config
 
 
-def _fail(msg: str, code: int = 2) -> int:
+def fail(msg: str, code: int = 2) -> int:
     print(f"curate: error: {msg}", file=sys.stderr)
     return code
 
@@ -17,7 +17,7 @@ def cmd_validate(args) -> int:
     try:
         cfg = load_config(args.pipeline, args.set)
     except ConfigError as e:
-        return _fail(str(e))
+        return fail(str(e))
     from curate.engine import pipeline_stages
 
     names = ["split"] + [s.name for s in pipeline_stages(cfg)]
@@ -29,7 +29,7 @@ def cmd_models(args) -> int:
     try:
         cfg = load_config(args.pipeline, args.set)
     except ConfigError as e:
-        return _fail(str(e))
+        return fail(str(e))
     from curate.engine import model_refs, pipeline_stages
     from curate.models import how_to_provide, resolve
 
@@ -52,24 +52,19 @@ def cmd_models(args) -> int:
 def cmd_run(args) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from curate.models import ModelNotFound
+
     try:
         cfg = load_config(args.pipeline, args.set)
-        from curate.engine import model_refs, pipeline_stages
-        from curate.models import ModelNotFound, fetch
-
-        try:
-            for ref in model_refs(cfg, pipeline_stages(cfg)):
-                fetch(ref)
-        except ModelNotFound as e:
-            return _fail(str(e))
         from curate.engine import run_pipeline
 
+        # run_pipeline resolves every model before any work: a missing one ends here in one line.
         summary = run_pipeline(cfg, address=args.address)
-    except ConfigError as e:
-        return _fail(str(e))
+    except (ConfigError, ModelNotFound) as e:
+        return fail(str(e))
     except (BotoCoreError, ClientError) as e:
         # Wrong keys, an unknown bucket or an unreachable endpoint: one line, not a traceback.
-        return _fail(f"S3: {e}")
+        return fail(f"S3: {e}")
     return summary.exit_code
 
 

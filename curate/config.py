@@ -150,7 +150,7 @@ class PipelineConfig(Section):
         try:
             return ShardConfig.model_validate(section)
         except ValidationError as e:
-            raise ConfigError(_one_line(e, prefix="shard")) from None
+            raise ConfigError(one_line_error(e, prefix="shard")) from None
 
 
 def stage_class(name: str) -> type[Stage]:
@@ -166,13 +166,13 @@ def _build_stages(sections: dict[str, dict[str, Any]]) -> list[Stage]:
         try:
             stage = stage_class(name).model_validate(section or {})
         except ValidationError as e:
-            raise ConfigError(_one_line(e, prefix=f"stages.{name}")) from None
+            raise ConfigError(one_line_error(e, prefix=f"stages.{name}")) from None
         if stage.enabled:
             stages.append(stage)
     return sorted(stages, key=lambda s: s.order)
 
 
-def _one_line(e: ValidationError, prefix: str = "") -> str:
+def one_line_error(e: ValidationError, prefix: str = "") -> str:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
     msg = err["msg"]
@@ -221,7 +221,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_one_line(e)) from None
+        raise ConfigError(one_line_error(e)) from None
     cfg.build_stages()  # validate stage and shard sections now, before any work
     cfg.shard_config()
     return cfg

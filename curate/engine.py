@@ -358,11 +358,13 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
             manifest.rewrite_clips(store, stage.process_manifest, out_schema)
             metrics_data[stage.name] = {"clips": 0, "frames": 0, "busy_s": time.perf_counter() - t0, "batches": 1}
 
-    _summarise(summary, store, out_schema, metrics_data, t_start)
+    videos, clips = manifest.read_dir(store, manifest.VIDEOS_DIR), manifest.read_dir(store, manifest.CLIPS_DIR)
+    _summarise(summary, videos, clips, metrics_data, t_start)
     store.write_bytes("summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True).encode())
     from curate.report import write_report
 
-    write_report(cfg.output.path, store, rules=[r for s in stages if s.name == "filter" for r in s.rules])
+    rules = [r for s in stages if s.name == "filter" for r in s.rules]
+    write_report(cfg.output.path, store, rules=rules, manifests=(videos, clips), summary=summary.__dict__)
     shard_cfg = cfg.shard_config()
     if shard_cfg is not None:
         from curate.shard import write_shards
@@ -379,9 +381,7 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
     return summary
 
 
-def _summarise(summary: RunSummary, store: Store, schema: pa.Schema, metrics: dict, t_start: float) -> None:
-    videos = manifest.read_dir(store, manifest.VIDEOS_DIR)
-    clips = manifest.read_dir(store, manifest.CLIPS_DIR)
+def _summarise(summary: RunSummary, videos: pa.Table | None, clips: pa.Table | None, metrics: dict, t_start: float) -> None:
     if videos is not None:
         for v in videos.select(["source_uri", "status", "error"]).to_pylist():
             if v["status"] == "ok":

@@ -30,14 +30,12 @@ def _to_parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def read_dir(store: Store, rel_dir: str, schema: pa.Schema | None = None) -> pa.Table | None:
+def read_dir(store: Store, rel_dir: str) -> pa.Table | None:
     names = [n for n in store.list(rel_dir) if n.endswith(".parquet")]
     if not names:
         return None
     tables = [pq.read_table(io.BytesIO(store.read_bytes(f"{rel_dir}/{n}"))) for n in names]
-    return pa.concat_tables(tables, promote_options="permissive") if schema is None else pa.concat_tables(
-        [t.select(schema.names).cast(schema) for t in tables]
-    )
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def recover(store: Store) -> set[str]:

@@ -247,16 +247,25 @@ def render(videos: pa.Table | None, clips: pa.Table | None, rules: list[str], su
 """
 
 
-def write_report(output_path: str, store: Store | None = None, rules: list[str] | None = None, sample: int = 8) -> str:
+def write_report(
+    output_path: str,
+    store: Store | None = None,
+    rules: list[str] | None = None,
+    sample: int = 8,
+    manifests: tuple[pa.Table | None, pa.Table | None] | None = None,
+    summary: dict | None = None,
+) -> str:
     """Write OUTPUT/report.html for the run at `output_path`; returns its location.
 
     `rules` are the filter rules the run applied (thresholds drawn on the histograms); without
-    them, the rules named in the clips' filter reasons are drawn."""
+    them, the rules named in the clips' filter reasons are drawn. A run passes the (videos, clips)
+    manifests and summary it already holds; otherwise they are read from the output."""
     store = store or Store(output_path)
-    videos = manifest.read_dir(store, manifest.VIDEOS_DIR)
-    clips = manifest.read_dir(store, manifest.CLIPS_DIR)
-    summary = json.loads(store.read_bytes("summary.json")) if "summary.json" in store.list("") else {}
-    page = render(videos, clips, list(rules or []), summary, store, sample)
+    if manifests is None:
+        manifests = (manifest.read_dir(store, manifest.VIDEOS_DIR), manifest.read_dir(store, manifest.CLIPS_DIR))
+    if summary is None:
+        summary = json.loads(store.read_bytes("summary.json")) if "summary.json" in store.list("") else {}
+    page = render(*manifests, list(rules or []), summary, store, sample)
     store.write_bytes("report.html", page.encode("utf-8"))
     return store.uri("report.html")
 

@@ -150,9 +150,14 @@ class FrameBuffer:
             self.items = [(i, f) for i, f in self.items if i % self.every == 0]
 
     def prune(self, before: int) -> None:
-        self.items = [(i, f) for i, f in self.items if i >= before]
-        if not self.items:
-            self.every = self.base_every
+        """Drop frames before `before` (called every frame: costs nothing when there is nothing to drop)."""
+        k = 0
+        while k < len(self.items) and self.items[k][0] < before:
+            k += 1
+        if k:
+            del self.items[:k]
+            if not self.items:
+                self.every = self.base_every
 
     def between(self, start: int, end: int) -> list[tuple[int, np.ndarray]]:
         return [(i, f) for i, f in self.items if start <= i < end]
@@ -269,7 +274,6 @@ def video_record(
 class _PassState:
     info: VideoInfo | None = None
     shaper: ClipShaper | None = None
-    decoded: int = 0
     emitted: int = 0
 
 
@@ -298,7 +302,6 @@ def split_video(
     if error:
         yield video_record(video_id, uri, state.info, error, [], 0, state.emitted)
         return
-    state.info.num_frames = state.decoded
     yield video_record(video_id, uri, state.info, None, state.shaper.scenes, state.emitted, state.emitted)
 
 
@@ -365,7 +368,7 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState,
         expected = stream.frames
         if expected and index < 0.9 * expected - 2:
             raise VideoError(f"truncated: decoded {index} of {expected} frames the container declares")
-        state.decoded = index
+        info.num_frames = index  # what was decoded, not what the container declared
         for b in detector.finish(index):
             yield from records(shaper.boundary(b))
         yield from records(shaper.finish(index))

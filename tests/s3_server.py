@@ -84,6 +84,12 @@ class SeaweedS3:
         except OSError:
             return ""
 
+    def __enter__(self) -> "SeaweedS3":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 15.0) -> None:
         """One SIGTERM stops every component (a few seconds); SIGKILL if it hangs."""
         if self.proc.poll() is not None:

@@ -27,8 +27,7 @@ FOOTAGE = ["bikes.mp4", "carphone_pristine.mp4"]
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), KEY, SECRET)
-    try:
+    with start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), KEY, SECRET) as server:
         client = server.client()
         client.create_bucket(Bucket=BUCKET)
         for name in FOOTAGE:
@@ -36,8 +35,6 @@ def s3(tmp_path_factory):
         # Not a video: listing must skip it by extension.
         client.put_object(Bucket=BUCKET, Key="raw/README.txt", Body=b"notes\n")
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

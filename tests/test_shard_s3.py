@@ -26,12 +26,9 @@ BUCKET = "curate-shards"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), KEY, SECRET)
-    try:
+    with start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), KEY, SECRET) as server:
         server.client().create_bucket(Bucket=BUCKET)
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

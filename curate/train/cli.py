@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
-from curate.config import ConfigError, _one_line, apply_overrides
-
-
-def _fail(msg: str, code: int = 2) -> int:
-    print(f"curate: error: {msg}", file=sys.stderr)
-    return code
+from curate.cli import fail
+from curate.config import ConfigError, apply_overrides, one_line_error
 
 
 def cmd_shard(args) -> int:
@@ -25,13 +19,13 @@ def cmd_shard(args) -> int:
             raw["target_size"] = args.target_size
         cfg = ShardConfig.model_validate(raw)
     except ConfigError as e:
-        return _fail(str(e))
+        return fail(str(e))
     except ValidationError as e:
-        return _fail(_one_line(e, prefix="shard"))
+        return fail(one_line_error(e, prefix="shard"))
     try:
         summary = write_shards(args.output, cfg)
     except FileNotFoundError as e:
-        return _fail(str(e), 1)
+        return fail(str(e), 1)
     print(f"{summary['clips']} clips in {summary['shards']} shards, {summary['buckets']} buckets -> {summary['out']}")
     return 0
 
@@ -42,7 +36,7 @@ def cmd_train(args) -> int:
     try:
         cfg = load_train_config(args.config, args.set)
     except ConfigError as e:
-        return _fail(str(e))
+        return fail(str(e))
     from curate.models import ModelNotFound
 
     try:
@@ -55,7 +49,7 @@ def cmd_train(args) -> int:
 
             metrics = train(cfg, args.resume)
     except (ModelNotFound, FileNotFoundError, ValueError) as e:
-        return _fail(str(e), 1)
+        return fail(str(e), 1)
     print(f"done at step {metrics.get('step')}: {metrics}")
     return 0
 
@@ -67,7 +61,7 @@ def cmd_sample(args) -> int:
     try:
         ckpt = resolve_checkpoint(args.checkpoint, args.checkpoint)
     except FileNotFoundError as e:
-        return _fail(str(e))
+        return fail(str(e))
     shape = tuple(args.shape) if args.shape else None
     paths = generate(ckpt, args.prompt, args.out, args.steps, args.guidance, args.seed, shape, args.fps, args.device)
     for p in paths:

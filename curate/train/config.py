@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from curate.config import ConfigError, S3Config, _one_line, apply_overrides
+from curate.config import ConfigError, S3Config, one_line_error, apply_overrides
 
 
 class Section(BaseModel):
@@ -127,4 +127,4 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_one_line(e)) from None
+        raise ConfigError(one_line_error(e)) from None
