@@ -31,7 +31,7 @@ import av
 
 def decode_fps(path: str, width: int, passes: int = 1) -> float:
     """Frames/s of the pipeline's decode loop for the detector: PyAV decode + small BGR frames."""
-    from curate.split import _small_bgr
+    from curate.split import _small_bgr, detect_size
 
     n, t = 0, 0.0
     for _ in range(passes):
@@ -40,7 +40,7 @@ def decode_fps(path: str, width: int, passes: int = 1) -> float:
             s = c.streams.video[0]
             s.thread_type = "AUTO"
             for frame in c.decode(s):
-                _small_bgr(frame, width, max(2, round(width * frame.height / frame.width / 2) * 2))
+                _small_bgr(frame, *detect_size(frame, width))
                 n += 1
         t += time.perf_counter() - t0
     return n / t

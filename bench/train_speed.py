@@ -31,6 +31,7 @@ def model_step_time(preset: str, shape: tuple[int, int, int], batch: int, steps:
     from curate.train.config import TrainConfig
     from curate.train.flow import flow_loss
     from curate.train.loop import _ema_update, build_model
+    from curate.train.model import count_params
 
     cfg = TrainConfig.model_validate({"run_dir": ".", "data": {"manifest": "."}, "model": {"preset": preset}})
     torch.manual_seed(0)
@@ -49,7 +50,7 @@ def model_step_time(preset: str, shape: tuple[int, int, int], batch: int, steps:
         opt.step()
         _ema_update(ema, model, 0.999, i)
         times.append(time.perf_counter() - t0)
-    params = sum(p.numel() for p in model.parameters())
+    params = count_params(model)
     return params, sorted(times[2:])[len(times[2:]) // 2]  # median after two warm-up steps
 
 

@@ -364,7 +364,9 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
     from curate.report import write_report
 
     rules = [r for s in stages if s.name == "filter" for r in s.rules]
-    write_report(cfg.output.path, store, rules=rules, manifests=(videos, clips), summary=summary.__dict__)
+    write_report(
+        cfg.output.path, store, rules=rules, manifests=(videos, clips), summary=summary.__dict__, source_s3=cfg.input.s3
+    )
     shard_cfg = cfg.shard_config()
     if shard_cfg is not None:
         from curate.shard import write_shards

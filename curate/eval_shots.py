@@ -82,8 +82,7 @@ def _transition(kind: str, start, end) -> Transition:
 
 def _distance(b: Boundary, t: Transition) -> int:
     """Frames between a detected boundary (the span [end, start] it leaves out) and a transition."""
-    hi = t.end if t.kind != "cut" else t.start
-    return max(0, t.start - b.start, b.end - hi)
+    return max(0, t.start - b.start, b.end - t.end)
 
 
 @dataclass
@@ -153,7 +152,7 @@ def match(detected: list[Boundary], truth: Truth, tolerance: int = 2) -> Score:
 def detect_file(path: str, cfg: ShotsConfig, weights_path: str | None = None) -> tuple[list[Boundary], int, float, float]:
     """Boundaries the pipeline's detector reports for a file, its frame count, and the seconds spent
     decoding (with the frame conversion the detector needs) and in the detector itself."""
-    from curate.split import _small_bgr
+    from curate.split import detect_size, detector_input
 
     out: list[Boundary] = []
     decode_s = detect_s = 0.0
@@ -172,13 +171,8 @@ def detect_file(path: str, cfg: ShotsConfig, weights_path: str | None = None) ->
                 decode_s += time.perf_counter() - t0
                 break
             if size is None:
-                size = (cfg.detect_width, max(2, round(cfg.detect_width * frame.height / frame.width / 2) * 2))
-            if detector.input_kind == "bgr":
-                small = _small_bgr(frame, *size)
-            elif detector.input_kind == "rgb48x27":
-                small = frame.to_ndarray(format="rgb24", width=48, height=27)
-            else:
-                small = None
+                size = detect_size(frame, cfg.detect_width)
+            small = detector_input(detector, frame, size)
             t1 = time.perf_counter()
             out += detector.push(index, small)
             detect_s += time.perf_counter() - t1
@@ -249,15 +243,15 @@ HEADER = f"{'detector':<30} {'P':>6} {'R':>6} {'F1':>6} {'TP':>4} {'FP':>4} {'FN
 
 
 def cmd_eval_shots(args) -> int:
+    from curate.cli import fail
+
     try:
         labels = load_labels(args.labels)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        print(f"curate: error: {args.labels}: cannot read labels ({e})", file=sys.stderr)
-        return 2
+        return fail(f"{args.labels}: cannot read labels ({e})")
     videos = find_videos(args.videos, labels)
     if not videos:
-        print(f"curate: error: no video under {args.videos} has labels in {args.labels}", file=sys.stderr)
-        return 2
+        return fail(f"no video under {args.videos} has labels in {args.labels}")
     missing = sorted(set(labels) - set(videos))
     if missing:
         print(f"curate: warning: {len(missing)} labelled videos not found (first: {missing[0]})", file=sys.stderr)

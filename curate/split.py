@@ -18,7 +18,7 @@ import av
 import cv2
 import numpy as np
 
-from curate.config import ClipsConfig, FramesConfig, PipelineConfig, ShotsConfig
+from curate.config import ClipsConfig, FramesConfig, PipelineConfig
 from curate.record import clip_id_for, video_id_for
 from curate.shots import Boundary, Detector, make_detector
 
@@ -102,6 +102,20 @@ def _color(frame, w: int, h: int, rgb: bool, interpolation: int) -> np.ndarray:
 def _small_bgr(frame, w: int, h: int) -> np.ndarray:
     """The detector's view: bilinear is enough at this size and costs nothing."""
     return _color(frame, w, h, rgb=False, interpolation=cv2.INTER_LINEAR)
+
+
+def detect_size(frame, width: int) -> tuple[int, int]:
+    """The detector's frame size: `width` wide, aspect kept, even height."""
+    return width, max(2, round(width * frame.height / frame.width / 2) * 2)
+
+
+def detector_input(detector: Detector, frame, size: tuple[int, int]) -> np.ndarray | None:
+    """What a detector is fed for one decoded frame (split and eval-shots feed it the same way)."""
+    if detector.input_kind == "bgr":
+        return _small_bgr(frame, *size)
+    if detector.input_kind == "rgb48x27":
+        return frame.to_ndarray(format="rgb24", width=48, height=27)
+    return None
 
 
 def _sample_rgb(frame, w: int, h: int) -> np.ndarray:
@@ -335,20 +349,12 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState,
                 rotation = int(frame.rotation or 0)
                 info = state.info = _info(container, rotation)
                 fw, fh = frame.width, frame.height
-                dw = scfg.detect_width
-                dh = max(2, round(dw * fh / fw / 2) * 2)
                 sizes = {
-                    "detect": (dw, dh),
+                    "detect": detect_size(frame, scfg.detect_width),
                     "sample": _scaled(fw, fh, fcfg.size),
                     "motion": _scaled(fw, fh, fcfg.motion_size),
                 }
-            if detector.input_kind == "bgr":
-                small = _small_bgr(frame, *sizes["detect"])
-            elif detector.input_kind == "rgb48x27":
-                small = frame.to_ndarray(format="rgb24", width=48, height=27)
-            else:
-                small = None
-            for b in detector.push(index, small):
+            for b in detector.push(index, detector_input(detector, frame, sizes["detect"])):
                 yield from records(shaper.boundary(b))
                 frames_buf.prune(shaper.next_start)
                 motion_buf.prune(shaper.next_start)

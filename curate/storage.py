@@ -7,6 +7,7 @@ is what makes a killed run resumable without duplicates.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -28,22 +29,25 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 def s3_client(cfg: S3Config):
+    """A boto3 S3 client for `cfg`, made once per settings and credentials in each process: building
+    one costs milliseconds, and range reads during training ask for one per item."""
+    return _client(cfg.model_dump_json(), os.environ.get(cfg.access_key_env), os.environ.get(cfg.secret_key_env))
+
+
+@functools.lru_cache(maxsize=16)
+def _client(cfg_json: str, access_key: str | None, secret_key: str | None):
     import boto3
     from botocore.config import Config
 
+    cfg = S3Config.model_validate_json(cfg_json)
     session = boto3.session.Session(profile_name=cfg.profile) if cfg.profile else boto3.session.Session()
-    kwargs = {}
-    if os.environ.get(cfg.access_key_env) and os.environ.get(cfg.secret_key_env):
-        kwargs = {
-            "aws_access_key_id": os.environ[cfg.access_key_env],
-            "aws_secret_access_key": os.environ[cfg.secret_key_env],
-        }
+    keys = {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key} if access_key and secret_key else {}
     return session.client(
         "s3",
         endpoint_url=cfg.endpoint_url,
         region_name=cfg.region or "us-east-1",
         config=Config(retries={"max_attempts": 5, "mode": "adaptive"}, s3={"addressing_style": "path"}),
-        **kwargs,
+        **keys,
     )
 
 

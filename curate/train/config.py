@@ -10,13 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from curate.config import ConfigError, S3Config, one_line_error, apply_overrides
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from curate.config import ConfigError, S3Config, Section, apply_overrides, one_line_error
 
 
 class DataConfig(Section):

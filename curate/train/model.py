@@ -55,7 +55,8 @@ def dit_config(preset: str, text_dim: int, **overrides) -> DiTConfig:
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
+    half = torch.arange(dim // 2, dtype=torch.float32, device=positions.device)
+    freqs = torch.exp(-math.log(10000.0) * half / (dim // 2))
     angles = positions.float()[:, None] * freqs[None]
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
