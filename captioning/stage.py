@@ -18,10 +18,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from captioning import prompts
 from captioning.vlm import Generation, Request
+from curate.config import Section
 from curate.models import ModelRef, fetch
 from curate.stage import Stage
 
@@ -32,10 +33,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
-class EndpointConfig(BaseModel):
+class EndpointConfig(Section):
     """Where and how to reach an OpenAI-compatible /v1/chat/completions server."""
-
-    model_config = ConfigDict(extra="forbid")
 
     base_url: str = "http://127.0.0.1:8000/v1"
     # Name of the environment variable holding the API key (never the key itself); unset: no auth.
@@ -56,6 +55,7 @@ class EndpointConfig(BaseModel):
 class CaptionStage(Stage):
     name: ClassVar[str] = "caption"
     order: ClassVar[int] = 70
+    reads: ClassVar[frozenset[str]] = frozenset({"frames"})
     kept_only: ClassVar[bool] = True
     uses_gpu: ClassVar[bool] = True
     # A 7B VLM in bf16 plus its activations wants most of a 24-40 GB GPU; set num_gpus: 0.5 on 80 GB.
@@ -142,21 +142,7 @@ class CaptionStage(Stage):
         if self.backend == "endpoint":
             from captioning.endpoint import EndpointCaptioner
 
-            e = self.endpoint
-            self._backend = EndpointCaptioner(
-                e.base_url,
-                self.model,
-                api_key_env=e.api_key_env,
-                concurrency=e.concurrency,
-                timeout_s=e.timeout_s,
-                connect_timeout_s=e.connect_timeout_s,
-                max_retries=e.max_retries,
-                backoff_s=e.backoff_s,
-                max_backoff_s=e.max_backoff_s,
-                jpeg_quality=e.jpeg_quality,
-                extra_body=e.extra_body,
-                **common,
-            )
+            self._backend = EndpointCaptioner(model=self.model, **self.endpoint.model_dump(), **common)
             self._model_name = self.model
             return
         from captioning.vlm import VLMCaptioner

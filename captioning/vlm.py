@@ -116,7 +116,6 @@ class VLMCaptioner:
         if pad is None:
             pad = self.processor.tokenizer.pad_token_id
         self.stop_ids = torch.tensor(sorted(set(eos) | ({pad} if pad is not None else set())), dtype=torch.long)
-        self.max_new_tokens = max_new_tokens
 
     def _messages(self, req: Request) -> list[dict]:
         visual = [{"type": "video"}] if self.as_video else [{"type": "image"} for _ in range(len(req.frames))]

@@ -49,6 +49,7 @@ def aesthetic_head(input_size: int = 768):
 class AestheticStage(Stage):
     name: ClassVar[str] = "aesthetic"
     order: ClassVar[int] = 45
+    reads: ClassVar[frozenset[str]] = frozenset({"frames", "frame_embeddings", "frame_embeddings_model"})
     uses_gpu: ClassVar[bool] = True
 
     clip: ClipSpec = ClipSpec()

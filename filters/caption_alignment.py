@@ -26,6 +26,7 @@ from filters.filter import apply_rules
 class CaptionAlignmentStage(Stage):
     name: ClassVar[str] = "caption_alignment"
     order: ClassVar[int] = 75
+    reads: ClassVar[frozenset[str]] = frozenset({"frames", "frame_embeddings", "frame_embeddings_model"})
     kept_only: ClassVar[bool] = True
     uses_gpu: ClassVar[bool] = True
 

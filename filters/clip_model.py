@@ -131,7 +131,7 @@ class ClipEncoder:
         for i in range(0, len(frames), batch_size):
             x = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames[i : i + batch_size]])
             out.append(self._run(self.model.encode_image, x))
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        return np.concatenate(out)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self._run(self.model.encode_text, self.tokenizer(texts))

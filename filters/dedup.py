@@ -89,10 +89,11 @@ class DedupStage(GlobalStage):
 
     def process_manifest(self, clips: pa.Table) -> pa.Table:
         # Undo an earlier dedup of the same manifest (a resumed run), so the result is the same.
-        reasons = [[r for r in rs or [] if not r.startswith("duplicate_of ")] for rs in clips["filter_reasons"].to_pylist()]
+        old_reasons = clips["filter_reasons"].to_pylist()
+        reasons = [[r for r in rs or [] if not r.startswith("duplicate_of ")] for rs in old_reasons]
         kept = [
             (not clean) if len(clean) != len(old or []) else k
-            for clean, old, k in zip(reasons, clips["filter_reasons"].to_pylist(), clips["kept"].to_pylist())
+            for clean, old, k in zip(reasons, old_reasons, clips["kept"].to_pylist())
         ]
         dup = self.keepers(clips, kept)
         if self.mode == "filter":

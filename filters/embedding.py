@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from curate.models import ModelRef
 from curate.stage import Stage
-from filters.clip_model import ClipEncoder, ClipSpec, clip_vector
+from filters.clip_model import ClipEncoder, ClipSpec, clip_vector, frame_embeddings
 
 OVERLAY_PROMPTS = [
     "a video frame with subtitles",
@@ -37,6 +37,7 @@ CLEAN_PROMPTS = [
 class ClipEmbeddingStage(Stage):
     name: ClassVar[str] = "embedding"
     order: ClassVar[int] = 40
+    reads: ClassVar[frozenset[str]] = frozenset({"frames", "frame_embeddings", "frame_embeddings_model"})
     uses_gpu: ClassVar[bool] = True
 
     clip: ClipSpec = ClipSpec()
@@ -74,18 +75,12 @@ class ClipEmbeddingStage(Stage):
         return float((p[:, 0] / p.sum(axis=1)).max())
 
     def process_batch(self, clips: list[dict]) -> list[dict]:
-        counts = [len(c["frames"]) if c.get("frames") is not None else 0 for c in clips]
-        frames = [f for c, n in zip(clips, counts) if n for f in c["frames"]]
-        emb = self._encoder.encode_images(frames) if frames else None
-        at = 0
-        for c, n in zip(clips, counts):
+        for c, e in zip(clips, frame_embeddings(clips, self.clip, lambda: self._encoder)):
             c["clip_embedding"] = None
             if self.text_overlay_prob:
                 c["text_overlay_prob"] = None
-            if not n:
+            if e is None:
                 continue
-            e = emb[at : at + n]
-            at += n
             c["clip_embedding"] = clip_vector(e)
             c["frame_embeddings"] = list(e)
             c["frame_embeddings_model"] = self._encoder.identity

