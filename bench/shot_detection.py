@@ -29,10 +29,12 @@ from collections import Counter
 import av
 
 
-def decode_fps(path: str, width: int, passes: int = 1) -> float:
-    """Frames/s of the pipeline's decode loop for the detector: PyAV decode + small BGR frames."""
-    from curate.split import _small_bgr, detect_size
+def decode_fps(path: str, cfg, passes: int = 1) -> float:
+    """Frames/s of the pipeline's decode loop for the default detector: PyAV decode + its small frames."""
+    from curate.shots import make_detector
+    from curate.split import detect_size, detector_input
 
+    detector = make_detector(cfg.model_copy(update={"detector": "curate"}), 25.0)
     n, t = 0, 0.0
     for _ in range(passes):
         t0 = time.perf_counter()
@@ -40,7 +42,7 @@ def decode_fps(path: str, width: int, passes: int = 1) -> float:
             s = c.streams.video[0]
             s.thread_type = "AUTO"
             for frame in c.decode(s):
-                _small_bgr(frame, *detect_size(frame, width))
+                detector_input(detector, frame, detect_size(frame, cfg.detect_width))
                 n += 1
         t += time.perf_counter() - t0
     return n / t
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
     for label, paths in [("corpus 480x270", sorted(videos.values())[:3]), ("bigbuckbunny 1280x720", [bunny] if bunny else [])]:
         if not paths:
             continue
-        dec = max(sum(decode_fps(x, cfg.detect_width) for x in paths) / len(paths) for _ in range(3))
+        dec = max(sum(decode_fps(x, cfg) for x in paths) / len(paths) for _ in range(3))
         row = [f"{label:<22} decode {dec:6.0f}"]
         for det in ("curate", "adaptive"):
             best = 0.0

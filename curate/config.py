@@ -96,7 +96,7 @@ class ShotsConfig(Section):
     threshold: float | None = None
     min_scene_len: int = Field(15, ge=1)
     stride_s: float = Field(10.0, gt=0)
-    # Width of the small frames the curate and PySceneDetect detectors see; TransNetV2 always uses 48x27.
+    # Width of the small frames PySceneDetect detectors see; curate always sees 64x36, TransNetV2 48x27.
     detect_width: int = Field(256, ge=32)
     weights: str | None = None
 

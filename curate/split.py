@@ -87,21 +87,29 @@ def _plane(frame, i: int) -> np.ndarray:
 _FAST_FORMATS = {"yuv420p", "yuvj420p"}
 
 
-def _color(frame, w: int, h: int, rgb: bool, interpolation: int) -> np.ndarray:
+def _shrink(plane: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Downscale with little aliasing at a fraction of INTER_AREA's cost (slow on ratios that are not
+    whole numbers, and on large ones): one bilinear jump to 4x the target when further than that,
+    then halvings (bilinear at exactly 2x is a 2x2 average), then a last bilinear step under 2x."""
+    if plane.shape[1] > 4 * w and plane.shape[0] > 4 * h:
+        plane = cv2.resize(plane, (4 * w, 4 * h), interpolation=cv2.INTER_LINEAR)
+    while plane.shape[1] >= 2 * w and plane.shape[0] >= 2 * h:
+        plane = cv2.resize(plane, (plane.shape[1] // 2, plane.shape[0] // 2), interpolation=cv2.INTER_LINEAR)
+    if plane.shape[:2] == (h, w):
+        return plane
+    return cv2.resize(plane, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _color(frame, w: int, h: int, rgb: bool) -> np.ndarray:
     """A resized BGR/RGB frame. For 8-bit 4:2:0 the planes are resized with OpenCV and converted at the
     small size (about free next to decoding); swscale's full conversion would halve the decode rate."""
     if frame.format.name in _FAST_FORMATS:
-        y = cv2.resize(_plane(frame, 0), (w, h), interpolation=interpolation)
-        u = cv2.resize(_plane(frame, 1), (w // 2, h // 2), interpolation=interpolation)
-        v = cv2.resize(_plane(frame, 2), (w // 2, h // 2), interpolation=interpolation)
+        y = _shrink(_plane(frame, 0), w, h)
+        u = _shrink(_plane(frame, 1), w // 2, h // 2)
+        v = _shrink(_plane(frame, 2), w // 2, h // 2)
         i420 = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape(h * 3 // 2, w)
         return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420 if rgb else cv2.COLOR_YUV2BGR_I420)
     return frame.to_ndarray(format="rgb24" if rgb else "bgr24", width=w, height=h)
-
-
-def _small_bgr(frame, w: int, h: int) -> np.ndarray:
-    """The detector's view: bilinear is enough at this size and costs nothing."""
-    return _color(frame, w, h, rgb=False, interpolation=cv2.INTER_LINEAR)
 
 
 def detect_size(frame, width: int) -> tuple[int, int]:
@@ -112,21 +120,15 @@ def detect_size(frame, width: int) -> tuple[int, int]:
 def detector_input(detector: Detector, frame, size: tuple[int, int]) -> np.ndarray | None:
     """What a detector is fed for one decoded frame (split and eval-shots feed it the same way)."""
     if detector.input_kind == "bgr":
-        return _small_bgr(frame, *size)
+        return _color(frame, *(detector.input_size or size), rgb=False)
     if detector.input_kind == "rgb48x27":
         return frame.to_ndarray(format="rgb24", width=48, height=27)
     return None
 
 
-def _sample_rgb(frame, w: int, h: int) -> np.ndarray:
-    # Area averaging only where bilinear would alias (more than 2x down); it costs 6x more.
-    area = frame.width > 2 * w
-    return _color(frame, w, h, rgb=True, interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
-
-
 def _small_gray(frame, w: int, h: int) -> np.ndarray:
     if frame.format.name in _FAST_FORMATS:
-        return cv2.resize(_plane(frame, 0), (w, h), interpolation=cv2.INTER_AREA)
+        return _shrink(_plane(frame, 0), w, h)
     return frame.to_ndarray(format="gray", width=w, height=h)
 
 
@@ -359,7 +361,7 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState,
                 frames_buf.prune(shaper.next_start)
                 motion_buf.prune(shaper.next_start)
             if frames_buf.wants(index):
-                frames_buf.add(index, _rotate(_sample_rgb(frame, *sizes["sample"]), rotation))
+                frames_buf.add(index, _rotate(_color(frame, *sizes["sample"], rgb=True), rotation))
             if motion_buf.wants(index):
                 motion_buf.add(index, _rotate(_small_gray(frame, *sizes["motion"]), rotation))
             yield from records(shaper.advance(index - detector.latency))
