@@ -38,13 +38,16 @@ from curate.storage import Store, is_s3, local_copy
 log = logging.getLogger("curate")
 
 ERRORS_FIELD = pa.field("errors", pa.list_(pa.string()))
+# Transient columns the driver needs besides the manifest's (the last operator drops all others).
+TO_DRIVER = {"video", "emitted_clips", "busy"}
 # Transient columns every stage sees (they are small); the rest only reach stages that read them.
-PASSTHROUGH = {"video", "emitted_clips", "frame_indices", "motion_frame_indices"}
+PASSTHROUGH = TO_DRIVER | {"frame_indices", "motion_frame_indices"}
 DECODE_MEMORY_BYTES = 512 * 1024**2
 
 
 def pipeline_stages(cfg: PipelineConfig) -> list[Stage]:
-    """Configured stages plus the filter (always) and the clip writer (mp4 mode), in order."""
+    """Configured stages plus the filter (when there are rules; without any it would keep every
+    clip) and the clip writer (mp4 mode), in order."""
     from filters.filter import FilterStage
 
     stages = cfg.build_stages()
@@ -52,7 +55,8 @@ def pipeline_stages(cfg: PipelineConfig) -> list[Stage]:
     for s in stages:
         if s.mode == "filter":
             rules += s.filter_rules()
-    stages.append(FilterStage(rules=rules))
+    if rules:
+        stages.append(FilterStage(rules=rules))
     if cfg.clips.mode == "mp4":
         from curate.transcode import TranscodeStage
 
@@ -71,8 +75,9 @@ def pipeline_stages(cfg: PipelineConfig) -> list[Stage]:
 
 
 def model_refs(cfg: PipelineConfig, stages: list[Stage]) -> list[ModelRef]:
+    """Every model the run may need (`detector: auto` runs TransNetV2 where the cluster has GPUs)."""
     refs = [r for s in stages for r in s.models()]
-    if resolve_detector_kind(cfg.shots) == "transnetv2":
+    if cfg.shots.detector in ("auto", "transnetv2"):
         refs.insert(0, transnetv2_ref(cfg.shots))
     return refs
 
@@ -82,27 +87,33 @@ def manifest_schema(stages: list[Stage], transient: bool) -> pa.Schema:
     return clip_schema(fields, transient=transient)
 
 
+def driver_schema(stages: list[Stage]) -> pa.Schema:
+    """What the last operator sends the driver: the manifest's columns and TO_DRIVER."""
+    full = manifest_schema(stages, transient=True)
+    keep = set(manifest_schema(stages, transient=False).names) | TO_DRIVER
+    return pa.schema([f for f in full if f.name in keep])
+
+
+def _busy(stage: str, seconds: float, frames: int) -> list[dict]:
+    return [{"stage": stage, "seconds": seconds, "frames": frames}]
+
+
 # ---------------------------------------------------------------- worker side
 
 
-def _record_metrics(metrics, stage: str, clips: int, frames: int, seconds: float) -> None:
-    if metrics is not None:
-        metrics.add.remote(stage, clips, frames, seconds)
-
-
-def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights: str | None, metrics):
-    """Ray Data UDF: one source row in, a stream of record tables out."""
+def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights: str | None):
+    """Ray Data UDF: one source row in, a stream of record tables (of `schema`) out."""
     from curate.split import split_video, video_record
 
     for uri in batch.column("source_uri").to_pylist():
         t0 = time.perf_counter()
         rows: list[dict] = []
-        sent = frames = 0
+        sent = 0
         try:
             with local_copy(uri, cfg.input.s3) as path:
                 for rec in split_video(uri, path, cfg, weights):
                     if rec["clip_id"] is None:
-                        frames = rec["video"].get("num_frames") or 0
+                        rec["busy"] = _busy("split", time.perf_counter() - t0, rec["video"].get("num_frames") or 0)
                     rows.append(rec)
                     if len(rows) >= 4:
                         yield to_table(rows, schema)
@@ -110,24 +121,23 @@ def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights
                         rows = []
         except Exception as e:  # a download or I/O failure is still only this video's failure
             rows = [video_record(video_id_for(uri), uri, None, f"{type(e).__name__}: {e}", [], 0, sent)]
+            rows[0]["busy"] = _busy("split", time.perf_counter() - t0, 0)
         if rows:
             yield to_table(rows, schema)
-        _record_metrics(metrics, "split", 0, frames, time.perf_counter() - t0)
 
 
 class StageRunner:
     """Adapts a Stage to Ray Data: unpacks arrays, routes eligible records through process_batch,
     records a failing batch's error on its clips (never swallowed, never fatal)."""
 
-    def __init__(self, stage: Stage, schema: pa.Schema, metrics=None):
+    def __init__(self, stage: Stage, schema: pa.Schema):
         self.stage = stage
-        self.schema = schema
-        self.metrics = metrics
+        self.schema = schema  # of the output: the driver's when this is the last stage
         self.stage.setup()
 
     def __call__(self, table: pa.Table) -> pa.Table:
         # Transient columns the stage does not read skip the round trip through Python objects and
-        # are re-attached unchanged (for the filter, that is every frame).
+        # are re-attached unchanged when the output has them (for the filter, that is every frame).
         untouched = [c for c in TRANSIENT_NAMES - PASSTHROUGH if c in table.column_names and c not in self.stage.reads]
         rows = from_table(table.drop_columns(untouched))
         idx = [
@@ -148,14 +158,13 @@ class StageRunner:
                 out = batch
                 for r in out:
                     r["errors"] = list(r.get("errors") or []) + [msg]
+            share = (time.perf_counter() - t0) / len(idx)
             for i, r in zip(idx, out):
+                r["busy"] = list(r.get("busy") or []) + _busy(self.stage.name, share, len(r.get("frame_indices") or []))
                 rows[i] = r
-        frames = sum(len(rows[i].get("frame_indices") or []) for i in idx)
-        _record_metrics(self.metrics, self.stage.name, len(idx), frames, time.perf_counter() - t0)
-        if not untouched:
-            return to_table(rows, self.schema)
-        out = to_table(rows, pa.schema([f for f in self.schema if f.name not in untouched]))
-        for c in untouched:
+        attach = [c for c in untouched if c in self.schema.names]
+        out = to_table(rows, pa.schema([f for f in self.schema if f.name not in attach]))
+        for c in attach:
             out = out.append_column(self.schema.field(c), table.column(c))
         return out.select(self.schema.names)
 
@@ -163,12 +172,12 @@ class StageRunner:
 _TASK_RUNNERS: dict[str, StageRunner] = {}
 
 
-def run_stage_task(table: pa.Table, stage: Stage, schema: pa.Schema, metrics) -> pa.Table:
+def run_stage_task(table: pa.Table, stage: Stage, schema: pa.Schema) -> pa.Table:
     """Task-mode entry: one StageRunner (and one setup()) per worker process, reused across tasks."""
-    key = f"{stage.name}:{stage.model_dump_json()}"
+    key = f"{stage.name}:{stage.model_dump_json()}:{schema.names}"
     runner = _TASK_RUNNERS.get(key)
     if runner is None:
-        runner = _TASK_RUNNERS[key] = StageRunner(stage, schema, metrics)
+        runner = _TASK_RUNNERS[key] = StageRunner(stage, schema)
     return runner(table)
 
 
@@ -189,6 +198,7 @@ class RunSummary:
     clip_errors: int = 0
     wall_s: float = 0.0
     ray_start_s: float = 0.0
+    detector: str | None = None  # the shot detector that ran (`auto` resolved)
     stages: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -196,7 +206,7 @@ class RunSummary:
         return 3 if self.videos_error else 0
 
 
-def _init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
+def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
     import ray
 
     if ray.is_initialized():
@@ -222,23 +232,14 @@ def _init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
     return ray
 
 
-def _metrics_actor(ray):
-    @ray.remote(num_cpus=0)
-    class Metrics:
-        def __init__(self):
-            self.data: dict[str, dict] = {}
-
-        def add(self, stage, clips, frames, seconds):
-            d = self.data.setdefault(stage, {"clips": 0, "frames": 0, "busy_s": 0.0, "batches": 0})
-            d["clips"] += clips
-            d["frames"] += frames
-            d["busy_s"] += seconds
-            d["batches"] += 1
-
-        def get(self):
-            return self.data
-
-    return Metrics.remote()
+def _add_busy(metrics: dict, column: pa.ChunkedArray) -> None:
+    """Sum the records' `busy` entries into per-stage clips, frames and busy seconds."""
+    for entries in column.to_pylist():
+        for e in entries or []:
+            d = metrics.setdefault(e["stage"], {"clips": 0, "frames": 0, "busy_s": 0.0})
+            d["clips"] += e["stage"] != "split"  # split's entry rides on the video's record
+            d["frames"] += e["frames"]
+            d["busy_s"] += e["seconds"]
 
 
 def _progress_line(done: int, total: int, errors: int, clips: int, elapsed: float, metrics: dict) -> str:
@@ -273,7 +274,6 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
     stages = pipeline_stages(cfg)
     # Every model is found (or downloaded) before any work: a missing one fails here, not midway.
     weights = {r.name: fetch(r) for r in model_refs(cfg, stages)}
-    transnet_weights = weights.get(transnetv2_ref(cfg.shots).name)
 
     store = Store(cfg.output.path, cfg.output.s3)
     uris = list_sources(cfg.input)
@@ -282,8 +282,6 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
     summary = RunSummary(inputs=len(uris), skipped_done=len(uris) - len(pending))
     echo(f"curate: {len(uris)} inputs, {summary.skipped_done} already done, {len(pending)} to process")
 
-    # Resolved here once: `auto` would otherwise import torch in every decode worker to look for a GPU.
-    cfg = cfg.model_copy(update={"shots": cfg.shots.model_copy(update={"detector": resolve_detector_kind(cfg.shots)})})
     full_schema = manifest_schema(stages, transient=True)
     out_schema = manifest_schema(stages, transient=False)
     writer = manifest.ManifestWriter(store, out_schema, cfg.output.videos_per_part, cfg.output.flush_interval_s)
@@ -291,22 +289,30 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
     metrics_data: dict = {}
     if pending:
         t_ray = time.perf_counter()
-        ray = _init_ray(cfg, address, stages)
+        ray = init_ray(cfg, address, stages)
         summary.ray_start_s = time.perf_counter() - t_ray
+        gpus = _gpu_count(ray)
+        # Resolved once, from the cluster's GPUs: `auto` would otherwise import torch in every decode
+        # worker (and in this driver) to look for one.
+        summary.detector = resolve_detector_kind(cfg.shots, gpus)
+        cfg = cfg.model_copy(update={"shots": cfg.shots.model_copy(update={"detector": summary.detector})})
+        transnet_weights = weights.get(transnetv2_ref(cfg.shots).name) if summary.detector == "transnetv2" else None
         import ray.data
 
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = False
         ctx.target_max_block_size = cfg.ray.block_mb * 1024**2
         ctx.enable_progress_bars = sys.stderr.isatty()
-        metrics = _metrics_actor(ray)
-        gpus = _gpu_count(ray)
         env = _worker_env(cfg, pending)
         remote_args = {"runtime_env": {"env_vars": env}} if env else {}
 
+        # Each operator's output schema; the last one's is the driver's (transient columns dropped there).
+        flowing = [s for s in stages if not isinstance(s, GlobalStage)]
+        metrics_data = {name: {"clips": 0, "frames": 0, "busy_s": 0.0} for name in ["split"] + [s.name for s in flowing]}
+        schemas = [full_schema] * len(flowing) + [driver_schema(stages)]
         ds = ray.data.from_items([{"source_uri": u} for u in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(
-            partial(split_batch, cfg=cfg, schema=full_schema, weights=transnet_weights, metrics=metrics),
+            partial(split_batch, cfg=cfg, schema=schemas[0], weights=transnet_weights),
             batch_size=1,
             batch_format="pyarrow",
             num_cpus=1,
@@ -317,9 +323,7 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
             concurrency=cfg.ray.split_concurrency,
             **remote_args,
         )
-        for stage in stages:
-            if isinstance(stage, GlobalStage):
-                continue
+        for stage, schema in zip(flowing, schemas[1:]):
             num_gpus = stage.num_gpus if stage.num_gpus is not None else (
                 stage.gpu_fraction if (stage.uses_gpu and gpus) else 0
             )
@@ -327,36 +331,34 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
             if stage.uses_actors:
                 ds = ds.map_batches(
                     StageRunner,
-                    fn_constructor_kwargs={"stage": stage, "schema": full_schema, "metrics": metrics},
+                    fn_constructor_kwargs={"stage": stage, "schema": schema},
                     compute=ray.data.ActorPoolStrategy(size=stage.pool_size),
                     # Declared memory also keeps Ray Data from fusing pixel tasks into model actors.
                     memory=(stage.memory_mb or stage.default_memory_mb) * 1024**2,
                     **common,
                 )
             else:
-                ds = ds.map_batches(partial(run_stage_task, stage=stage, schema=full_schema, metrics=metrics), **common)
-        ds = ds.drop_columns(sorted(TRANSIENT_NAMES - {"video", "emitted_clips"}))
+                ds = ds.map_batches(partial(run_stage_task, stage=stage, schema=schema), **common)
 
         last = 0.0
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            _add_busy(metrics_data, batch.column("busy"))
             writer.add(batch)
             now = time.perf_counter()
             if now - last > 5:
                 last = now
-                metrics_data = ray.get(metrics.get.remote())
                 finished = writer.committed_videos + [v["video"] for v in writer.ready]
                 errors = sum(1 for v in finished if v["status"] == "error")
                 clips = writer.committed_clips + sum(len(v["clips"]) for v in writer.ready)
                 echo("curate: " + _progress_line(len(finished), len(pending), errors, clips, now - t_start, metrics_data))
         writer.close()
-        metrics_data = ray.get(metrics.get.remote())
 
     for stage in stages:
         if isinstance(stage, GlobalStage):
             t0 = time.perf_counter()
             stage.setup()
             manifest.rewrite_clips(store, stage.process_manifest, out_schema)
-            metrics_data[stage.name] = {"clips": 0, "frames": 0, "busy_s": time.perf_counter() - t0, "batches": 1}
+            metrics_data[stage.name] = {"clips": 0, "frames": 0, "busy_s": time.perf_counter() - t0}
 
     videos, clips = manifest.read_dir(store, manifest.VIDEOS_DIR), manifest.read_dir(store, manifest.CLIPS_DIR)
     _summarise(summary, videos, clips, metrics_data, t_start)

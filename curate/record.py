@@ -71,6 +71,9 @@ TRANSIENT_FIELDS: list[pa.Field] = [
     # later CLIP stages reuse them instead of encoding the frames again.
     pa.field("frame_embeddings", pa.list_(pa.list_(pa.float32()))),
     pa.field("frame_embeddings_model", pa.string()),
+    # Work spent on this record, per stage: the driver sums it for progress lines and summary.json
+    # (carried in-band: no metrics actor, no call per batch).
+    pa.field("busy", pa.list_(pa.struct([("stage", pa.string()), ("seconds", pa.float64()), ("frames", pa.int64())]))),
 ]
 TRANSIENT_NAMES = {f.name for f in TRANSIENT_FIELDS}
 ARRAY_COLUMNS = {f.name for f in TRANSIENT_FIELDS if f.type == ARRAY_TYPE}
