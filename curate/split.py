@@ -89,10 +89,13 @@ _FAST_FORMATS = {"yuv420p", "yuvj420p"}
 
 def _shrink(plane: np.ndarray, w: int, h: int) -> np.ndarray:
     """Downscale with little aliasing at a fraction of INTER_AREA's cost (slow on ratios that are not
-    whole numbers, and on large ones): one bilinear jump to 4x the target when further than that,
-    then halvings (bilinear at exactly 2x is a 2x2 average), then a last bilinear step under 2x."""
-    if plane.shape[1] > 4 * w and plane.shape[0] > 4 * h:
-        plane = cv2.resize(plane, (4 * w, 4 * h), interpolation=cv2.INTER_LINEAR)
+    whole numbers, and on large ones): where more than 4x too large, one bilinear jump to 2x or 4x
+    the target (a 2-4x jump up to 16x, larger beyond: each halving costs a pass), then halvings
+    (bilinear at exactly 2x is a 2x2 average), then a last bilinear step under 2x."""
+    ratio = min(plane.shape[1] / w, plane.shape[0] / h)
+    if ratio > 4:
+        k = 2 if ratio <= 8 else 4
+        plane = cv2.resize(plane, (k * w, k * h), interpolation=cv2.INTER_LINEAR)
     while plane.shape[1] >= 2 * w and plane.shape[0] >= 2 * h:
         plane = cv2.resize(plane, (plane.shape[1] // 2, plane.shape[0] // 2), interpolation=cv2.INTER_LINEAR)
     if plane.shape[:2] == (h, w):
