@@ -16,7 +16,7 @@ CPU seconds (FFmpeg's, and those of this process and every Ray process it starte
 beside wall times: on a shared machine they move far less.
 
     python bench/decode_ratio.py [--loops bikes.mp4=18 bigbuckbunny.mp4=24] [--set shots.detector=stride]
-                                 [--pipeline PIPELINE.yaml]
+                                 [--pipeline PIPELINE.yaml] [--no-ray-data-start]
 
 Needs the ffmpeg CLI (apt-get install -y ffmpeg).
 """
@@ -116,8 +116,9 @@ def self_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def start_ray(cfg) -> tuple[float, float]:
-    """Seconds for `ray.init` and for Ray Data's first execution (nothing of curate's runs in it)."""
+def start_ray(cfg, ray_data: bool) -> tuple[float, float]:
+    """Seconds for `ray.init` and for Ray Data's first execution (nothing of curate's runs in it;
+    skipped when not `ray_data`, leaving that start-up to the pipeline's first run)."""
     from curate.engine import init_ray, pipeline_stages
 
     t = time.perf_counter()
@@ -125,6 +126,8 @@ def start_ray(cfg) -> tuple[float, float]:
     init_s = time.perf_counter() - t
     import ray.data
 
+    if not ray_data:
+        return init_s, 0.0
     t = time.perf_counter()
     n = int(ray.cluster_resources().get("CPU", 1))
     ray.data.range(n, override_num_blocks=n).map_batches(lambda b: b, batch_size=None).materialize()
@@ -149,6 +152,8 @@ def main() -> int:
     ap.add_argument("--ffmpeg-repeats", type=int, default=2, help="decode each file this many times, keep the fastest")
     ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="pipeline override, as for curate run")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--no-ray-data-start", action="store_true",
+                    help="do not start Ray Data before the first run (which then pays its start-up)")
     args = ap.parse_args()
     if shutil.which("ffmpeg") is None:
         print("decode_ratio: the ffmpeg CLI is required (apt-get install -y ffmpeg)", file=sys.stderr)
@@ -174,7 +179,7 @@ def main() -> int:
         ffmpeg_s = sum(f["ffmpeg_s"] for f in files)
         ffmpeg_cpu = sum(f["ffmpeg_cpu_s"] for f in files)
 
-        ray_init_s, ray_data_s = start_ray(cfg)
+        ray_init_s, ray_data_s = start_ray(cfg, ray_data=not args.no_ray_data_start)
         cold, cold_cpu, _ = run_once(pipeline_config(args.pipeline, args.set, inputs, os.path.join(tmp, "out-cold")))
         warm, warm_cpu, warm_driver_cpu = run_once(pipeline_config(args.pipeline, args.set, inputs, os.path.join(tmp, "out-warm")))
     for s in (cold, warm):
