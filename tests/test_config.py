@@ -22,6 +22,14 @@ def test_valid_and_overrides(tmp_path):
     assert cfg.input.paths == ["a", "b"]
 
 
+def test_bare_off_means_off(tmp_path):
+    """PyYAML reads a bare `off` as false; a stage's mode still takes it as "off", in the file and in --set."""
+    cfg = load_config(write(tmp_path, BASE + "stages:\n  quality:\n    mode: off\n"), ["stages.motion.mode=off"])
+    assert cfg.build_stages() == []  # both off: not built, and no error
+    with pytest.raises(ConfigError, match="stages.quality.mode"):
+        load_config(write(tmp_path, BASE + "stages:\n  quality:\n    mode: true\n")).build_stages()
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
