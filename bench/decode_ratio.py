@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 
-import yaml
 
 TARGET = 1.5
 # Probe, decode, detection, clip shaping, manifests: nothing else.
@@ -101,9 +100,9 @@ def describe(path: str) -> dict:
 
 
 def pipeline_config(pipeline: str | None, overrides: list[str], inputs: list[str] | None = None, output: str = "unused"):
-    from curate.config import PipelineConfig, apply_overrides
+    from curate.config import PipelineConfig, apply_overrides, read_sections
 
-    raw = yaml.safe_load(open(pipeline)) if pipeline else json.loads(json.dumps(BASE))
+    raw = read_sections(pipeline, "pipeline") if pipeline else json.loads(json.dumps(BASE))
     raw = apply_overrides(raw, overrides)
     if inputs is not None:
         raw["input"]["paths"] = inputs

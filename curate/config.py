@@ -7,6 +7,7 @@ Every section refuses unknown keys. Any problem becomes one `ConfigError` line t
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,6 +185,40 @@ def one_line_error(e: ValidationError, prefix: str = "") -> str:
     return f"{loc or '<root>'}: {msg}{more}"
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 booleans (only true/false). PyYAML follows YAML 1.1, where a bare
+    `off`, `no`, `on` or `yes` is a boolean, so `mode: off` arrived as false; boolean fields still
+    take those words (pydantic parses them)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [r for r in v if r[0] != "tag:yaml.org,2002:bool"] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def read_sections(path: str | Path, kind: str, allow_empty: bool = False) -> dict:
+    """A YAML file of config sections (`kind`: "pipeline", "training"), or one ConfigError line."""
+    path = Path(path)
+    try:
+        raw = parse_yaml(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {kind} file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if raw is None and allow_empty:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a {kind} file must be a mapping of sections")
+    return raw
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """`--set a.b.c=value`: value parsed as YAML, so numbers, booleans and lists keep their types."""
     for item in overrides:
@@ -199,25 +234,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(nxt, dict):
                 raise ConfigError(f"{key}: '{p}' is not a section")
             node = nxt
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = parse_yaml(value)
     return raw
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read pipeline file ({e.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a pipeline must be a mapping of sections")
-    raw = apply_overrides(raw, list(overrides))
+    raw = apply_overrides(read_sections(path, "pipeline", allow_empty=True), list(overrides))
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as e:

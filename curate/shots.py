@@ -28,8 +28,8 @@ class Boundary:
 
 class Detector(Protocol):
     latency: int
-    # What the detector wants to see: "bgr" (`input_size`, or detect_width wide when that is None),
-    # "rgb48x27" (TransNetV2) or "none".
+    # What the detector wants to see: "bgr" or "rgb" frames of `input_size` (None: detect_width wide,
+    # aspect kept), or "none".
     input_kind: str
     input_size: tuple[int, int] | None
 
@@ -342,7 +342,7 @@ class TransNetV2Detector:
     """TransNetV2 over sliding 100-frame windows (predictions kept for the middle 50), as the reference
     implementation does for a whole video, but streamed so only one window is ever held."""
 
-    input_kind = "rgb48x27"
+    input_kind = "rgb"
     input_size = (48, 27)
     WINDOW, STEP, PAD = 100, 50, 25
     latency = WINDOW  # a frame's prediction is known once the window holding it in its middle is full

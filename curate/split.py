@@ -124,8 +124,8 @@ def detector_input(detector: Detector, frame, size: tuple[int, int]) -> np.ndarr
     """What a detector is fed for one decoded frame (split and eval-shots feed it the same way)."""
     if detector.input_kind == "bgr":
         return _color(frame, *(detector.input_size or size), rgb=False)
-    if detector.input_kind == "rgb48x27":
-        return frame.to_ndarray(format="rgb24", width=48, height=27)
+    if detector.input_kind == "rgb":  # TransNetV2: swscale's scaling, as its reference pipeline (FFmpeg) does
+        return frame.to_ndarray(format="rgb24", width=detector.input_size[0], height=detector.input_size[1])
     return None
 
 

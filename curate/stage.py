@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from curate.models import ModelRef
@@ -48,12 +48,6 @@ class Stage(BaseModel):
     uses_gpu: ClassVar[bool] = False
     gpu_fraction: ClassVar[float] = 0.25
     default_memory_mb: ClassVar[int] = 1024
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _yaml_off(cls, v):
-        # YAML 1.1 (PyYAML) reads a bare `off` as false: `mode: off` must still mean off.
-        return "off" if v is False else v
 
     @property
     def enabled(self) -> bool:

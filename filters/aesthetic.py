@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from curate.models import ModelRef, fetch
 from curate.stage import Stage
-from filters.clip_model import ClipEncoder, ClipSpec, frame_embeddings
+from filters.clip_model import CLIP_READS, ClipEncoder, ClipSpec, frame_embeddings
 
 HEAD_NAME = "sac+logos+ava1-l14-linearMSE.pth"
 HEAD_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"
@@ -49,7 +49,7 @@ def aesthetic_head(input_size: int = 768):
 class AestheticStage(Stage):
     name: ClassVar[str] = "aesthetic"
     order: ClassVar[int] = 45
-    reads: ClassVar[frozenset[str]] = frozenset({"frames", "frame_embeddings", "frame_embeddings_model"})
+    reads: ClassVar[frozenset[str]] = CLIP_READS
     uses_gpu: ClassVar[bool] = True
 
     clip: ClipSpec = ClipSpec()

@@ -19,14 +19,14 @@ import pyarrow as pa
 
 from curate.models import ModelRef
 from curate.stage import Stage
-from filters.clip_model import ClipEncoder, ClipSpec, clip_vector, frame_embeddings
+from filters.clip_model import CLIP_READS, ClipEncoder, ClipSpec, clip_vector, frame_embeddings
 from filters.filter import apply_rules
 
 
 class CaptionAlignmentStage(Stage):
     name: ClassVar[str] = "caption_alignment"
     order: ClassVar[int] = 75
-    reads: ClassVar[frozenset[str]] = frozenset({"frames", "frame_embeddings", "frame_embeddings_model"})
+    reads: ClassVar[frozenset[str]] = CLIP_READS
     kept_only: ClassVar[bool] = True
     uses_gpu: ClassVar[bool] = True
 

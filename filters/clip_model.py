@@ -137,6 +137,10 @@ class ClipEncoder:
         return self._run(self.model.encode_text, self.tokenizer(texts))
 
 
+# The transient columns a CLIP stage reads: the frames, and the embeddings a CLIP stage before it left.
+CLIP_READS = frozenset({"frames", "frame_embeddings", "frame_embeddings_model"})
+
+
 def frame_embeddings(clips: list[dict], spec: ClipSpec, encoder_factory) -> list[np.ndarray | None]:
     """Per-frame image embeddings (K x D) of each clip: reused when an earlier stage computed them
     with the same model, else encoded now (all clips of the batch in one go). None: no frames.

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from curate.models import ModelRef
 from curate.stage import Stage
-from filters.clip_model import ClipEncoder, ClipSpec, clip_vector, frame_embeddings
+from filters.clip_model import CLIP_READS, ClipEncoder, ClipSpec, clip_vector, frame_embeddings
 
 OVERLAY_PROMPTS = [
     "a video frame with subtitles",
@@ -37,7 +37,7 @@ CLEAN_PROMPTS = [
 class ClipEmbeddingStage(Stage):
     name: ClassVar[str] = "embedding"
     order: ClassVar[int] = 40
-    reads: ClassVar[frozenset[str]] = frozenset({"frames", "frame_embeddings", "frame_embeddings_model"})
+    reads: ClassVar[frozenset[str]] = CLIP_READS
     uses_gpu: ClassVar[bool] = True
 
     clip: ClipSpec = ClipSpec()

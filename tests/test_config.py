@@ -23,7 +23,7 @@ def test_valid_and_overrides(tmp_path):
 
 
 def test_bare_off_means_off(tmp_path):
-    """PyYAML reads a bare `off` as false; a stage's mode still takes it as "off", in the file and in --set."""
+    """YAML 1.1 reads a bare `off` as false; the config loader keeps it the word, in the file and in --set."""
     cfg = load_config(write(tmp_path, BASE + "stages:\n  quality:\n    mode: off\n"), ["stages.motion.mode=off"])
     assert cfg.build_stages() == []  # both off: not built, and no error
     with pytest.raises(ConfigError, match="stages.quality.mode"):

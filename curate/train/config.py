@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from curate.config import ConfigError, S3Config, Section, apply_overrides, one_line_error
+from curate.config import ConfigError, S3Config, Section, apply_overrides, one_line_error, read_sections
 
 
 class DataConfig(Section):
@@ -110,16 +109,7 @@ class TrainConfig(Section):
 
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read training file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a training file must be a mapping of sections")
-    raw = apply_overrides(raw, list(overrides))
+    raw = apply_overrides(read_sections(path, "training"), list(overrides))
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
