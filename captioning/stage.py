@@ -178,13 +178,15 @@ class CaptionStage(Stage):
 
     def request(self, clip: dict, template: str) -> Request:
         """The backend request for one clip: its frames, its prompt, and when each frame was taken."""
-        start = clip.get("start_frame") or 0
-        indices = clip.get("frame_indices")
+        # VLM processors place frames in time by index and frame rate: indices at the clip's average rate
+        # put each sampled frame at its presentation time, on variable-frame-rate footage too.
+        fps, times = clip.get("fps"), clip.get("frame_times")
+        start = clip.get("start_s") or 0.0
         return Request(
             frames=clip["frames"],
             prompt=prompts.render(template, len(clip["frames"]), clip.get("duration_s")),
-            fps=clip.get("fps"),
-            frame_indices=[int(i) - start for i in indices] if indices is not None else None,
+            fps=fps,
+            frame_indices=[round((t - start) * fps) for t in times] if times is not None and fps else None,
             num_frames=clip.get("num_frames"),
             duration_s=clip.get("duration_s"),
         )

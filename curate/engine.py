@@ -41,7 +41,7 @@ ERRORS_FIELD = pa.field("errors", pa.list_(pa.string()))
 # Transient columns the driver needs besides the manifest's (the last operator drops all others).
 TO_DRIVER = {"video", "emitted_clips", "busy"}
 # Transient columns every stage sees (they are small); the rest only reach stages that read them.
-PASSTHROUGH = TO_DRIVER | {"frame_indices", "motion_frame_indices"}
+PASSTHROUGH = TO_DRIVER | {"frame_indices", "frame_times", "motion_frame_indices", "motion_frame_times"}
 DECODE_MEMORY_BYTES = 512 * 1024**2
 
 

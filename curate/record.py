@@ -16,7 +16,11 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-# Columns of OUTPUT/videos. `scenes` are [start_frame, end_frame) pairs as detected, before shaping.
+# Columns of OUTPUT/videos, measured by the decode pass (curate.split): `duration_s` from the first
+# frame's PTS to the end of the last frame, `fps` the average (frames / duration), `vfr` whether frame
+# intervals vary, `width`/`height`/`aspect_ratio` as displayed (SAR and rotation applied), `sar` as
+# stored, `pts_offset_s` the first frame's PTS in the file's timeline, `stream_index` the movie stream.
+# `scenes` are [start_frame, end_frame) pairs as detected, before shaping.
 VIDEO_FIELDS: list[pa.Field] = [
     pa.field("video_id", pa.string()),
     pa.field("source_uri", pa.string()),
@@ -24,17 +28,25 @@ VIDEO_FIELDS: list[pa.Field] = [
     pa.field("error", pa.string()),
     pa.field("duration_s", pa.float64()),
     pa.field("fps", pa.float64()),
+    pa.field("vfr", pa.bool_()),
     pa.field("num_frames", pa.int64()),
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
+    pa.field("aspect_ratio", pa.float64()),
+    pa.field("sar", pa.string()),
     pa.field("codec", pa.string()),
     pa.field("rotation", pa.int32()),
+    pa.field("pts_offset_s", pa.float64()),
+    pa.field("stream_index", pa.int32()),
     pa.field("scenes", pa.list_(pa.list_(pa.int64()))),
     pa.field("num_clips", pa.int64()),
 ]
 VIDEO_SCHEMA = pa.schema(VIDEO_FIELDS)
 
 # Base columns of OUTPUT/clips; every stage appends the columns it declares in `Stage.outputs()`.
+# `start_s`/`end_s` are presentation times in seconds from the video stream's first frame (the frames
+# whose PTS lies in [pts_offset_s + start_s, pts_offset_s + end_s) of stream `stream_index`);
+# `start_frame`/`end_frame` count the presented frames from 0.
 CLIP_FIELDS: list[pa.Field] = [
     pa.field("clip_id", pa.string()),
     pa.field("video_id", pa.string()),
@@ -50,6 +62,8 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field("height", pa.int32()),
     pa.field("aspect_ratio", pa.float64()),
     pa.field("duration_s", pa.float64()),
+    pa.field("pts_offset_s", pa.float64()),
+    pa.field("stream_index", pa.int32()),
     pa.field("kept", pa.bool_()),
     pa.field("filter_reasons", pa.list_(pa.string())),
 ]
@@ -61,12 +75,15 @@ TRANSIENT_FIELDS: list[pa.Field] = [
     pa.field("video", pa.struct(VIDEO_FIELDS)),
     # On the video-only record: how many clip records of this video were sent before it.
     pa.field("emitted_clips", pa.int64()),
-    # K x H x W x 3 RGB frames sampled across the clip at `frames.size`, and their source frame indices.
+    # K x H x W x 3 RGB frames sampled across the clip at `frames.size` (upright, square pixels), their
+    # source frame numbers and presentation times (s, as start_s).
     pa.field("frames", ARRAY_TYPE),
     pa.field("frame_indices", pa.list_(pa.int64())),
-    # M x h x w grayscale frames at about `frames.motion_fps`, and their source frame indices.
+    pa.field("frame_times", pa.list_(pa.float64())),
+    # M x h x w full-range luma frames at about `frames.motion_fps`, their frame numbers and times.
     pa.field("motion_frames", ARRAY_TYPE),
     pa.field("motion_frame_indices", pa.list_(pa.int64())),
+    pa.field("motion_frame_times", pa.list_(pa.float64())),
     # Per-frame CLIP image embeddings (K x D, one list per frame) and the model that made them, so
     # later CLIP stages reuse them instead of encoding the frames again.
     pa.field("frame_embeddings", pa.list_(pa.list_(pa.float32()))),

@@ -26,7 +26,7 @@ from curate import manifest
 from curate.record import CLIP_FIELDS
 from curate.config import S3Config
 from curate.storage import Store, is_s3, local_copy
-from curate.transcode import frames_in_window
+from curate.window import WindowReader
 
 # Base columns that are worth a histogram; every numeric column a stage adds gets one too.
 _BASE_PLOTTED = ("duration_s",)
@@ -128,12 +128,14 @@ def _jpeg(rgb: np.ndarray, height: int = 96) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
 
 
-def clip_thumbnails(path: str, start: int, end: int, fps: float) -> list[np.ndarray]:
-    """First, middle and last frame of source frames [start, end), each found by a keyframe seek."""
+def clip_thumbnails(reader: WindowReader, row: dict, height: int = 96) -> list[np.ndarray]:
+    """The frames on screen at the start, middle and just before the end of a clip, upright."""
+    start, end = row["start_s"], row["end_s"]
+    times = (start, (start + end) / 2, max(start, end - 1e-3))
     out = []
-    for idx in dict.fromkeys((start, (start + end - 1) // 2, end - 1)):
-        for _, frame in frames_in_window(path, idx, idx + 1, fps):
-            out.append(frame.to_ndarray(format="rgb24"))
+    for _, frame in reader.frames_at(times):
+        w, h = reader.display_size(frame)
+        out.append(reader.rgb(frame, (max(2, round(w * height / h)), height)))
     return out
 
 
@@ -145,17 +147,16 @@ def sample_rows(rows: list[dict], k: int) -> list[dict]:
     return [rows[round(i * (len(rows) - 1) / (k - 1))] for i in range(k)] if k > 1 else rows[:1]
 
 
-def _clip_cards(rows: list[dict], cols: list[str], fps_of: dict[str, float], source_s3: S3Config) -> str:
+def _clip_cards(rows: list[dict], cols: list[str], source_s3: S3Config) -> str:
     by_source: dict[str, list[dict]] = {}
     for r in rows:
         by_source.setdefault(r["source_uri"], []).append(r)
     thumbs: dict[str, list[np.ndarray]] = {}
     for uri, group in by_source.items():
         try:
-            with local_copy(uri, source_s3) as path:
+            with local_copy(uri, source_s3) as path, WindowReader(path, group[0].get("stream_index"), group[0].get("pts_offset_s")) as reader:
                 for r in group:
-                    fps = fps_of.get(r["video_id"]) or r["fps"]
-                    thumbs[r["clip_id"]] = clip_thumbnails(path, r["start_frame"], r["end_frame"], fps)
+                    thumbs[r["clip_id"]] = clip_thumbnails(reader, r)
         except Exception:  # a source that moved or cannot be read only loses its pictures
             pass
     cards = []
@@ -208,7 +209,6 @@ def render(
     rules = rules or rules_from_reasons(reasons)
     cuts = thresholds(rules)
     cols = score_columns(clips) if clips is not None else []
-    fps_of = {v["video_id"]: v.get("fps") for v in ok}
 
     funnel_steps = [("videos", len(vrows), f"({len(ok)} decoded, {len(failed)} failed)"), ("scenes", scenes, "detected shots"),
                     ("clips", len(crows), "after shaping"), ("kept", len(kept), "after filtering")]
@@ -249,9 +249,9 @@ def render(
 {"<h2 id=errors>Failed videos</h2><table><tr><th>video</th><th>error</th></tr>" + error_rows + "</table>" if failed else ""}
 {"<h2 id=stages>Stages</h2><table><tr><th>stage</th><th>clips</th><th>frames</th><th>busy s</th><th>clips/s</th><th>frames/s</th></tr>" + stage_rows + "</table>" if stage_rows else ""}
 <h2 id=kept>Kept clips</h2><p class=muted>{len(kept_sample)} of {len(kept)}: first, middle and last frame</p>
-<div class=cards>{_clip_cards(kept_sample, score_cols, fps_of, source_s3)}</div>
+<div class=cards>{_clip_cards(kept_sample, score_cols, source_s3)}</div>
 <h2 id=filtered>Filtered clips</h2><p class=muted>{len(filtered_sample)} of {len(crows) - len(kept)}</p>
-<div class=cards>{_clip_cards(filtered_sample, score_cols, fps_of, source_s3)}</div>
+<div class=cards>{_clip_cards(filtered_sample, score_cols, source_s3)}</div>
 </body></html>
 """
 

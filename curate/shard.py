@@ -151,13 +151,17 @@ def sample_members(row: dict, cfg: ShardConfig, tmpdir: str) -> dict[str, bytes]
 
 
 def cut_window(source: str, row: dict, cfg: ShardConfig, tmp_path: str) -> bytes:
-    """A reference clip's window re-encoded as a standalone mp4 at the source's size and rate."""
-    from curate.transcode import frames_in_window, write_mp4
+    """A reference clip's window re-encoded as a standalone mp4 at its displayed size (upright, square
+    pixels) and the source's presentation times."""
+    from curate.window import WindowReader, write_clip
 
-    frames = frames_in_window(source, int(row["start_frame"]), int(row["end_frame"]), float(row["fps"]))
-    count = write_mp4(frames, tmp_path, float(row["fps"]), None, None, cfg.crf, cfg.preset)[0]
-    if count == 0:
-        raise ValueError(f"clip {row['clip_id']}: no frames in [{row['start_frame']}, {row['end_frame']})")
+    with WindowReader(source, row.get("stream_index"), row.get("pts_offset_s")) as reader:
+        got = write_clip(reader, float(row["start_s"]), float(row["end_s"]), tmp_path, crf=cfg.crf, preset=cfg.preset)
+    if got["num_frames"] != int(row["num_frames"]):
+        raise ValueError(
+            f"clip {row['clip_id']}: decoded {got['num_frames']} of its {row['num_frames']} frames "
+            f"in [{row['start_s']:.3f}, {row['end_s']:.3f}) s"
+        )
     try:
         return Path(tmp_path).read_bytes()
     finally:

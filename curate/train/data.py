@@ -2,16 +2,16 @@
 
 Rows come from a pipeline OUTPUT's clips manifest (kept clips passing `data.rules`) or from a
 shard directory's index. A clip is read from its shard member by a range read, from its clip file,
-or, for a reference clip, from its source video with one seek to the window: only the frames a
-sample needs are converted, already resized by FFmpeg to cover the clip's bucket, then
-centre-cropped. The temporal crop is drawn from (seed, epoch, clip), so it is the same in a resumed
-run, and the held-out set always reads the middle of the clip.
+or, for a reference clip, from its source video with one checked seek to the window. Frames are
+chosen by presentation time; only those a sample needs are converted (upright, square pixels),
+scaled to cover the clip's bucket, then centre-cropped. The temporal crop is drawn from (seed,
+epoch, clip), so it is the same in a resumed run, and the held-out set always reads the middle of
+the clip.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from curate.shard import read_index, read_member, read_manifest, select_clips
 from curate.storage import local_copy
 from curate.train.config import DataConfig
-from curate.transcode import frames_in_window
+from curate.window import WindowReader
 
 
 def load_clips(cfg: DataConfig) -> list[dict]:
@@ -38,10 +38,12 @@ def split_holdout(rows: list[dict], n: int) -> tuple[list[dict], list[dict]]:
 
 
 def available_frames(row: dict, fps: float) -> int:
-    """How many frames the clip yields at the training frame rate."""
-    n = int(row["num_frames"])
-    stride = max(float(row["fps"]) / fps, 1.0)
-    return int((n - 1) // stride) + 1 if n > 0 else 0
+    """How many frames the clip yields at the training frame rate (never more than it holds)."""
+    n, duration = int(row["num_frames"]), float(row["duration_s"])
+    if n <= 0 or duration <= 0:
+        return 0
+    last = duration - duration / n  # the last frame's time, from the clip's start (average interval)
+    return min(n, math.floor(last * fps + 1e-6) + 1)
 
 
 def assign_bucket(row: dict, buckets: list[tuple[int, int, int]], fps: float) -> int:
@@ -55,43 +57,32 @@ def assign_bucket(row: dict, buckets: list[tuple[int, int, int]], fps: float) ->
     return min(fits, key=lambda i: (abs(math.log(buckets[i][2] / buckets[i][1]) - aspect), -buckets[i][0]))
 
 
-def frame_indices(start: int, end: int, src_fps: float, fps: float, count: int, offset_u: float | None) -> list[int]:
-    """`count` frame numbers in [start, end) at about `fps`; `offset_u` in [0, 1) places the window
-    (None: centred). A clip too short for the rate is sampled more densely, then repeats frames."""
-    n = end - start
-    stride = max(src_fps / fps, 1.0)
-    if count > 1 and (count - 1) * stride > n - 1:
-        stride = max(n - 1, 0) / (count - 1)
-    span = (count - 1) * stride
-    slack = max(n - 1 - span, 0.0)
+def sample_times(duration_s: float, num_frames: int, fps: float, count: int, offset_u: float | None) -> list[float]:
+    """`count` presentation times (s from the clip's start) at about `fps`; `offset_u` in [0, 1) places
+    them in the clip (None: centred). A clip too short for the rate is sampled more densely, then
+    repeats frames. Times, not frame numbers: variable-frame-rate clips play at their real speed."""
+    interval = duration_s / max(num_frames, 1)  # the clip's average frame interval
+    last = max(duration_s - interval, 0.0)  # the last frame's time
+    step = max(1.0 / fps, interval)
+    if count > 1 and (count - 1) * step > last:
+        step = last / (count - 1)
+    slack = max(last - (count - 1) * step, 0.0)
     offset = slack / 2 if offset_u is None else offset_u * slack
-    idx = np.floor(offset + np.arange(count) * stride + 0.5).astype(int)
-    return (start + np.clip(idx, 0, max(n - 1, 0))).tolist()
+    return [offset + k * step for k in range(count)]
 
 
-def read_frames(source: str | bytes, fps: float, indices: list[int], height: int, width: int) -> np.ndarray:
-    """RGB frames (K x height x width x 3 uint8) at sorted frame numbers, from one seek.
-
-    Only the wanted frames are converted, scaled by FFmpeg to cover height x width, then
-    centre-cropped. Indices may repeat (a clip shorter than asked for); frames past the real end
-    of the stream repeat the last one decoded, since frame counts are sometimes off by a few.
-    """
-    wanted = set(indices)
-    got: dict[int, np.ndarray] = {}
-    src = io.BytesIO(source) if isinstance(source, bytes) else source
-    for i, frame in frames_in_window(src, indices[0], indices[-1] + 1, fps):
-        if i in wanted and i not in got:
-            scale = max(height / frame.height, width / frame.width)
-            w, h = max(width, math.ceil(frame.width * scale)), max(height, math.ceil(frame.height * scale))
-            img = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
-            top, left = (h - height) // 2, (w - width) // 2
-            got[i] = img[top : top + height, left : left + width]
-    if not got:
-        raise ValueError(f"no frames decoded in [{indices[0]}, {indices[-1] + 1})")
-    out, prev = [], got[min(got)]
-    for i in indices:
-        prev = got.get(i, prev)
-        out.append(prev)
+def read_frames(reader: WindowReader, start_s: float, times: list[float], height: int, width: int) -> np.ndarray:
+    """RGB frames (K x height x width x 3 uint8): the frame on screen at each of `times` (s from
+    `start_s`, sorted), from one checked seek, upright with square pixels, scaled to cover
+    height x width, then centre-cropped."""
+    out = []
+    for _, frame in reader.frames_at([start_s + t for t in times]):
+        w0, h0 = reader.display_size(frame)
+        scale = max(height / h0, width / w0)
+        w, h = max(width, math.ceil(w0 * scale)), max(height, math.ceil(h0 * scale))
+        img = reader.rgb(frame, (w, h))
+        top, left = (h - height) // 2, (w - width) // 2
+        out.append(img[top : top + height, left : left + width])
     return np.stack(out)
 
 
@@ -113,17 +104,16 @@ class ClipDataset(torch.utils.data.Dataset):
         row = self.rows[i]
         frames, height, width = self.cfg.buckets[self.buckets[i]]
         u = None if epoch is None else np.random.default_rng([self.seed, epoch, i]).random()
-        fps = float(row["fps"])
-        if self.cfg.shards is None and row["path"] == row["source_uri"]:
-            start, end = int(row["start_frame"]), int(row["end_frame"])
-        else:  # a clip file or shard member: its own frames from 0
-            start, end = 0, int(row["num_frames"])
-        indices = frame_indices(start, end, fps, self.cfg.fps, frames, u)
+        times = sample_times(float(row["duration_s"]), int(row["num_frames"]), self.cfg.fps, frames, u)
         if self.cfg.shards is not None:
-            clip = read_frames(read_member(self.cfg.shards, row, "mp4", self.cfg.s3), fps, indices, height, width)
-        else:
-            with local_copy(row["path"], self.cfg.s3) as path:
-                clip = read_frames(path, fps, indices, height, width)
+            with WindowReader(read_member(self.cfg.shards, row, "mp4", self.cfg.s3)) as reader:
+                clip = read_frames(reader, 0.0, times, height, width)
+        elif row["path"] == row["source_uri"]:  # a window of the source
+            with local_copy(row["path"], self.cfg.s3) as path, WindowReader(path, row.get("stream_index"), row.get("pts_offset_s")) as reader:
+                clip = read_frames(reader, float(row["start_s"]), times, height, width)
+        else:  # a clip file: its own frames from its start
+            with local_copy(row["path"], self.cfg.s3) as path, WindowReader(path) as reader:
+                clip = read_frames(reader, 0.0, times, height, width)
         x = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
         return {"video": x, "caption": row.get("caption") or "", "clip_id": row["clip_id"]}
 

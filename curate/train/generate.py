@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import av
 import torch
 
 from curate.train.checkpoint import load_checkpoint
@@ -13,7 +12,7 @@ from curate.train.config import TrainConfig
 from curate.train.flow import sample
 from curate.train.model import DiTConfig, VideoDiT
 from curate.train.text import TextEncoder
-from curate.transcode import write_mp4
+from curate.window import encode_mp4
 
 
 def _slug(text: str) -> str:
@@ -53,7 +52,7 @@ def generate(
     paths = []
     for i, (prompt, video) in enumerate(zip(prompts, pixels)):
         path = out / f"{i:03d}_{_slug(prompt)}.mp4"
-        pairs = ((j, av.VideoFrame.from_ndarray(f, format="rgb24")) for j, f in enumerate(video))
-        write_mp4(pairs, str(path), rate, None, None, crf=18, preset="veryfast")
+        pictures = ((j / rate, f) for j, f in enumerate(video))
+        encode_mp4(pictures, str(path), len(video) / rate, out_fps=rate, crf=18, preset="veryfast")
         paths.append(path)
     return paths
