@@ -29,7 +29,7 @@ import numpy as np
 from curate.config import ClipsConfig, FramesConfig, PipelineConfig
 from curate.record import clip_id_for, video_id_for
 from curate.shots import Boundary, Detector, make_detector
-from curate.video import Geometry, VideoError, geometry, open_video, to_luma, to_rgb, upright
+from curate.video import Geometry, VideoError, geometry, open_video, swscale, to_luma, to_rgb, upright
 
 # Slack when comparing presentation times (s): far below any frame interval, far above float noise.
 EPS = 1e-6
@@ -100,7 +100,7 @@ def detector_input(detector: Detector, frame, size: tuple[int, int]) -> np.ndarr
     if detector.input_kind == "bgr":
         return to_rgb(frame, *(detector.input_size or size), bgr=True)
     if detector.input_kind == "rgb":  # TransNetV2: swscale's scaling, as its reference pipeline (FFmpeg) does
-        return frame.to_ndarray(format="rgb24", width=detector.input_size[0], height=detector.input_size[1])
+        return swscale(frame, "rgb24", *detector.input_size)
     return None
 
 

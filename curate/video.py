@@ -185,7 +185,7 @@ def shrink(plane: np.ndarray, w: int, h: int) -> np.ndarray:
     return cv2.resize(plane, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _swscale(frame, fmt: str, w: int, h: int) -> np.ndarray:
+def swscale(frame, fmt: str, w: int, h: int) -> np.ndarray:
     """swscale's conversion, told the frame's range (PyAV otherwise assumes limited range)."""
     src_range = "JPEG" if full_range(frame) else "MPEG"
     return frame.reformat(width=w, height=h, format=fmt, src_color_range=src_range, dst_color_range="JPEG").to_ndarray()
@@ -198,13 +198,19 @@ def to_rgb(frame, w: int, h: int, bgr: bool = False) -> np.ndarray:
     to decoding; swscale's full conversion would halve the decode rate), with the frame's own range and
     matrix; other formats go through swscale."""
     if frame.format.name not in _FAST_FORMATS:
-        rgb = _swscale(frame, "rgb24", w, h)
+        rgb = swscale(frame, "rgb24", w, h)
         return rgb[..., ::-1].copy() if bgr else rgb
     y = shrink(_plane(frame, 0), w, h)
-    u = cv2.resize(shrink(_plane(frame, 1), max(1, w // 2), max(1, h // 2)), (w, h), interpolation=cv2.INTER_LINEAR)
-    v = cv2.resize(shrink(_plane(frame, 2), max(1, w // 2), max(1, h // 2)), (w, h), interpolation=cv2.INTER_LINEAR)
-    m = yuv_to_rgb_matrix(int(frame.colorspace or 2), full_range(frame), bgr)
-    return cv2.transform(cv2.merge([y, u, v]), m)
+    u = shrink(_plane(frame, 1), max(1, w // 2), max(1, h // 2))
+    v = shrink(_plane(frame, 2), max(1, w // 2), max(1, h // 2))
+    colorspace, full = int(frame.colorspace or 2), full_range(frame)
+    if not full and colorspace not in _KR_KB and w % 2 == 0 and h % 2 == 0:
+        # BT.601 limited range, the common case: OpenCV's own I420 conversion is the same maths, faster.
+        i420 = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape(h * 3 // 2, w)
+        return cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420 if bgr else cv2.COLOR_YUV2RGB_I420)
+    u = cv2.resize(u, (w, h), interpolation=cv2.INTER_LINEAR)
+    v = cv2.resize(v, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.transform(cv2.merge([y, u, v]), yuv_to_rgb_matrix(colorspace, full, bgr))
 
 
 def _range_lut(full: bool) -> np.ndarray | None:
@@ -219,6 +225,6 @@ _LIMITED_TO_FULL = _range_lut(False)
 def to_luma(frame, w: int, h: int) -> np.ndarray:
     """The luma plane scaled to w x h (coded orientation), expanded to full range (0-255)."""
     if frame.format.name not in _FAST_FORMATS:
-        return _swscale(frame, "gray", w, h)
+        return swscale(frame, "gray", w, h)
     y = shrink(_plane(frame, 0), w, h)
     return y if full_range(frame) else cv2.LUT(y, _LIMITED_TO_FULL)

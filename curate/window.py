@@ -195,7 +195,7 @@ def encode_mp4(
         "num_frames": written,
         "width": stream.width,
         "height": stream.height,
-        "fps": written / end_s if end_s > 0 else float(out_fps or 0),
+        "fps": float(out_fps) if out_fps else written / end_s,
         "duration_s": end_s,
     }
 

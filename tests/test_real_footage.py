@@ -5,6 +5,8 @@ durations, colour range, and every clip reader landing on the window's own frame
 
 from __future__ import annotations
 
+import os
+
 import av
 import cv2
 import numpy as np
@@ -313,3 +315,67 @@ def test_bt709_is_converted_with_its_own_matrix(tmp_path):
         decoded_frame = [f for i, f in enumerate(c.decode(video=0)) if i == k][0]
         as_601 = decoded_frame.reformat(format="rgb24", src_colorspace="ITU601").to_ndarray().astype(float)
     assert np.abs(frame - truth).mean() < 0.5 * np.abs(as_601 - truth).mean()
+
+
+# ---------------------------------------------------------------- the whole pipeline
+
+
+@pytest.mark.slow
+def test_pipeline_on_real_world_footage(tmp_path, ray_session):
+    """Every kind above through `curate run` in mp4 mode with shards: manifests say what is shown
+    and when, clip files hold their own frames, nothing good is lost, the truncated file is an error."""
+    import json
+
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    from curate.config import load_config
+    from curate.engine import run_pipeline
+
+    src = tmp_path / "src"
+    src.mkdir()
+    vfr_video(src / "phone_vfr.mp4")
+    two_shots(src / "dvd_sar.mp4", size="720x480", rate=25, vf="setsar=32/27")
+    rotated(two_shots(tmp_path / "upright.mp4", size="320x240", rate=25), src / "phone_rot90.mp4", 90)
+    movie = two_shots(tmp_path / "movie.mp4", size="320x240", rate=30)
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:s=160x120:d=1", "-frames:v", "1", str(tmp_path / "thumb.jpg"))
+    ffmpeg("-i", str(tmp_path / "thumb.jpg"), "-i", movie, "-map", "0", "-map", "1:v", "-c", "copy", str(src / "drone.mp4"))
+    remux(movie, src / "broadcast.ts", "-f", "mpegts")
+    ffmpeg("-ss", "1.0", "-i", movie, "-c", "copy", str(src / "trimmed.mp4"))
+    data = open(remux(movie, tmp_path / "whole.mkv"), "rb").read()
+    (src / "cut.mkv").write_bytes(data[: len(data) // 2])
+
+    out = tmp_path / "out"
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(
+        f"input:\n  paths: [{json.dumps(str(src))}]\noutput:\n  path: {out}\n"
+        "shots:\n  detector: curate\nclips:\n  min_duration_s: 0.5\n  mode: mp4\nshard:\n  target_size: 1MB\n"
+    )
+    summary = run_pipeline(load_config(pipe), address=ray_session)
+    videos = {os.path.basename(v["source_uri"]): v for v in pads.dataset(out / "videos").to_table().to_pylist()}
+    clips = pads.dataset(out / "clips").to_table().to_pylist()
+    assert videos["cut.mkv"]["status"] == "error" and "truncated" in videos["cut.mkv"]["error"]
+    assert summary.videos_error == 1
+    expect = {  # name: (width, height, duration_s, scene starts)
+        "phone_vfr.mp4": (320, 240, 6.0, [0, 30]),
+        "dvd_sar.mp4": (854, 480, 6.0, [0, 75]),
+        "phone_rot90.mp4": (240, 320, 6.0, [0, 75]),
+        "drone.mp4": (320, 240, 6.0, [0, 90]),
+        "broadcast.ts": (320, 240, 6.0, [0, 90]),
+        "trimmed.mp4": (320, 240, 5.0, [0, 60]),
+    }
+    for name, (w, h, duration, starts) in expect.items():
+        v = videos[name]
+        assert v["status"] == "ok", (name, v["error"])
+        assert (v["width"], v["height"]) == (w, h) and v["duration_s"] == pytest.approx(duration, abs=0.04), name
+        assert [s for s, _ in v["scenes"]] == starts, name
+    assert videos["phone_vfr.mp4"]["vfr"] and not videos["dvd_sar.mp4"]["vfr"]
+    assert videos["drone.mp4"]["stream_index"] == 1
+    for c in clips:
+        name = os.path.basename(c["source_uri"])
+        assert c["path"] != c["source_uri"] and os.path.exists(c["path"]), name
+        frames = decoded(c["path"])
+        assert len(frames) == c["num_frames"] and frames[0][1].shape[1::-1] == expect[name][:2], name
+        assert c["end_s"] <= videos[name]["duration_s"] + 1e-6
+    index = pq.read_table(out / "shards" / "index.parquet").to_pylist()
+    assert {os.path.basename(i["source_uri"]): i["bucket"].split("/")[1] for i in index}["dvd_sar.mp4"] == "aspect_ratio_16_9"
