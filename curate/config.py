@@ -95,7 +95,9 @@ class ShotsConfig(Section):
     detector: Literal["auto", "curate", "adaptive", "content", "transnetv2", "stride"] = "auto"
     # Detector threshold; None keeps each detector's default.
     threshold: float | None = None
-    min_scene_len: int = Field(15, ge=1)
+    # Shortest shot, in seconds (15 frames at 25 fps): boundaries closer than this merge into one
+    # transition; a black or frozen run this long at either end of a video is a scene of its own.
+    min_scene_len_s: float = Field(0.6, gt=0)
     stride_s: float = Field(10.0, gt=0)
     # Width of the small frames PySceneDetect detectors see; curate always sees 64x36, TransNetV2 48x27.
     detect_width: int = Field(256, ge=32)

@@ -255,7 +255,7 @@ def cmd_eval_shots(args) -> int:
     missing = sorted(set(labels) - set(videos))
     if missing:
         print(f"curate: warning: {len(missing)} labelled videos not found (first: {missing[0]})", file=sys.stderr)
-    cfg = ShotsConfig(detect_width=args.detect_width, min_scene_len=args.min_scene_len, threshold=args.threshold)
+    cfg = ShotsConfig(detect_width=args.detect_width, min_scene_len_s=args.min_scene_len_s, threshold=args.threshold)
     detectors = [d for spec in args.detector for d in spec.split(",") if d]
     print(f"{len(videos)} videos, {sum(len(labels[v].transitions) for v in videos)} labelled transitions, tolerance {args.tolerance} frames")
     print(HEADER)
@@ -288,7 +288,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help=f"detector(s) to score, repeatable or comma-separated: {', '.join(DETECTORS)} (default: curate,adaptive)")
     p.add_argument("--tolerance", type=int, default=2, help="frames a cut may be off by (default 2)")
     p.add_argument("--detect-width", type=int, default=ShotsConfig().detect_width)
-    p.add_argument("--min-scene-len", type=int, default=ShotsConfig().min_scene_len)
+    p.add_argument("--min-scene-len-s", type=float, default=ShotsConfig().min_scene_len_s, help="shortest shot, seconds")
     p.add_argument("--threshold", type=float, default=None, help="detector threshold (default: each detector's own)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures (and per-video detections) here")
     p.set_defaults(func=_run_with_defaults)

