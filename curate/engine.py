@@ -128,7 +128,8 @@ def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights
 
 class StageRunner:
     """Adapts a Stage to Ray Data: unpacks arrays, routes eligible records through process_batch,
-    records a failing batch's error on its clips (never swallowed, never fatal)."""
+    and when a batch fails, runs its clips one by one so that only a clip that fails on its own
+    carries the error (`errors`: "stage: Type: message"; never swallowed, never fatal)."""
 
     def __init__(self, stage: Stage, schema: pa.Schema):
         self.stage = stage
@@ -149,15 +150,13 @@ class StageRunner:
         if idx:
             batch = [rows[i] for i in idx]
             try:
-                out = self.stage.process_batch(batch)
-                if len(out) != len(batch):
-                    raise RuntimeError(f"returned {len(out)} records for {len(batch)}")
+                out = self._process(batch)
             except Exception as e:
-                msg = f"{self.stage.name}: {type(e).__name__}: {e}"
-                log.warning("stage %s failed on a batch: %s\n%s", self.stage.name, e, traceback.format_exc())
-                out = batch
-                for r in out:
-                    r["errors"] = list(r.get("errors") or []) + [msg]
+                if len(batch) == 1:
+                    out = [self._failed(batch[0], e)]
+                else:
+                    log.warning("stage %s failed on a batch of %d, retrying its clips one by one: %s", self.stage.name, len(batch), e)
+                    out = [self._one(r) for r in batch]
             share = (time.perf_counter() - t0) / len(idx)
             for i, r in zip(idx, out):
                 r["busy"] = list(r.get("busy") or []) + _busy(self.stage.name, share, len(r.get("frame_indices") or []))
@@ -167,6 +166,24 @@ class StageRunner:
         for c in attach:
             out = out.append_column(self.schema.field(c), table.column(c))
         return out.select(self.schema.names)
+
+    def _process(self, batch: list[dict]) -> list[dict]:
+        # Shallow copies: a stage that fails midway may have updated some records in place, and
+        # the one-by-one retry must see them as they came.
+        out = self.stage.process_batch([dict(r) for r in batch])
+        if len(out) != len(batch):
+            raise RuntimeError(f"returned {len(out)} records for {len(batch)}")
+        return out
+
+    def _one(self, rec: dict) -> dict:
+        try:
+            return self._process([rec])[0]
+        except Exception as e:
+            return self._failed(rec, e)
+
+    def _failed(self, rec: dict, e: Exception) -> dict:
+        log.warning("stage %s failed on clip %s: %s\n%s", self.stage.name, rec["clip_id"], e, traceback.format_exc())
+        return {**rec, "errors": list(rec.get("errors") or []) + [f"{self.stage.name}: {type(e).__name__}: {e}"]}
 
 
 _TASK_RUNNERS: dict[str, StageRunner] = {}
