@@ -33,7 +33,7 @@ from curate.record import (
 from curate.shots import resolve_detector_kind, transnetv2_ref
 from curate.sources import list_sources
 from curate.stage import GlobalStage, Stage
-from curate.storage import SourceUnreadable, Store, is_s3, local_copy
+from curate.storage import SourceUnreadable, Store, local_copy
 
 log = logging.getLogger("curate")
 
@@ -249,10 +249,15 @@ def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
     if address:
         ray.init(address=address, log_to_driver=True)
         return ray
-    # Embedded local Ray: loopback only, bounded object store. Model actors hold their logical CPUs
-    # for the whole run but sit idle between batches, so they are counted on top of the machine's
-    # cores: decoding and pixel stages still get one task per core.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Embedded local Ray: loopback only, bounded object store. Ray reads this switch once, when it is
+    # imported, and without it rewrites 127.0.0.1 to the machine's address and binds its servers on
+    # every interface: set it for the processes Ray starts and for this already-imported one.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    # Model actors hold their logical CPUs for the whole run but sit idle between batches, so they
+    # are counted on top of the machine's cores: decoding and pixel stages still get one task per core.
     actor_cpus = sum(s.num_cpus * s.pool_size for s in stages if s.uses_actors)
     num_cpus = cfg.ray.num_cpus or (os.cpu_count() or 1) + math.ceil(actor_cpus)
     ray.init(
@@ -284,15 +289,6 @@ def _progress_line(done: int, total: int, errors: int, clips: int, elapsed: floa
         else:
             parts.append(f"{name}: {d['clips']} clips ({d['clips'] / busy:.1f}/s per worker)")
     return " | ".join(parts)
-
-
-def _worker_env(cfg: PipelineConfig, uris: list[str]) -> dict[str, str]:
-    """The driver's S3 credentials, handed to the workers when S3 is used: workers of a cluster
-    joined with --address (or of a Ray started before the keys were set) never saw this environment."""
-    if not (any(is_s3(u) for u in uris) or is_s3(cfg.output.path)):
-        return {}
-    names = [n for s3 in (cfg.input.s3, cfg.output.s3) for n in (s3.access_key_env, s3.secret_key_env)]
-    return {n: os.environ[n] for n in dict.fromkeys(names + ["AWS_SESSION_TOKEN"]) if os.environ.get(n)}
 
 
 def _gpu_count(ray) -> float:
@@ -371,9 +367,6 @@ def _run(
         ctx.execution_options.preserve_order = False
         ctx.target_max_block_size = cfg.ray.block_mb * 1024**2
         ctx.enable_progress_bars = sys.stderr.isatty()
-        env = _worker_env(cfg, pending)
-        remote_args = {"runtime_env": {"env_vars": env}} if env else {}
-
         # Each operator's output schema; the last one's is the driver's (transient columns dropped there).
         flowing = [s for s in stages if not isinstance(s, GlobalStage)]
         metrics_data = {name: {"clips": 0, "frames": 0, "busy_s": 0.0} for name in ["split"] + [s.name for s in flowing]}
@@ -389,13 +382,12 @@ def _run(
             # size) or into task stages (which would bundle `batch_size` videos into one task).
             memory=DECODE_MEMORY_BYTES,
             concurrency=cfg.ray.split_concurrency,
-            **remote_args,
         )
         for stage, schema in zip(flowing, schemas[1:]):
             num_gpus = stage.num_gpus if stage.num_gpus is not None else (
                 stage.gpu_fraction if (stage.uses_gpu and gpus) else 0
             )
-            common = dict(batch_size=stage.batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus, **remote_args)
+            common = dict(batch_size=stage.batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus)
             if stage.uses_actors:
                 ds = ds.map_batches(
                     StageRunner,

