@@ -38,6 +38,9 @@ CLIPS_DIR, VIDEOS_DIR, MEDIA_DIR = "clips", "videos", "media"
 # `attempts`: how many runs processed this source, this one included.
 VIDEOS_SCHEMA = pa.schema(VIDEO_FIELDS + [pa.field("retryable", pa.bool_()), pa.field("attempts", pa.int64())])
 
+# What resuming reads of each videos row (older parts lack the last two).
+RESUME_COLUMNS = ["video_id", "status", "num_clips", "retryable", "attempts"]
+
 LEASE = "lease.json"
 # A lease not renewed for this long is stale (its run died): the next run takes it over. Renewed
 # every quarter of it, so a live run survives three missed renewals (an S3 hiccup, a long GC).
@@ -55,7 +58,9 @@ def _to_parquet(table: pa.Table) -> bytes:
 
 
 def _read(store: Store, rel: str, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(io.BytesIO(store.read_bytes(rel)), columns=columns)
+    """A Parquet file of the store, or the `columns` of it that it has."""
+    f = pq.ParquetFile(io.BytesIO(store.read_bytes(rel)))
+    return f.read(columns=None if columns is None else [c for c in columns if c in f.schema_arrow.names])
 
 
 def read_dir(store: Store, rel_dir: str) -> pa.Table | None:
@@ -263,19 +268,20 @@ def recover(store: Store) -> dict[str, Prior]:
     rows_of: dict[str, list[dict]] = {}
     errors_of: dict[str, set[str]] = {}
     for i, name in enumerate(sorted(videos_parts & clips_parts)):
-        clips = _read(store, f"{CLIPS_DIR}/{name}", ["video_id", "errors"]).to_pylist()
-        counts = Counter(c["video_id"] for c in clips)
-        errors_of[name] = {c["video_id"] for c in clips if c["errors"]}
-        rows_of[name] = _read(store, f"{VIDEOS_DIR}/{name}").to_pylist()
+        clips = _read(store, f"{CLIPS_DIR}/{name}", ["video_id", "errors"])
+        counts = dict(zip(*(c.to_pylist() for c in pc.value_counts(clips.column("video_id")).flatten())))
+        failed = pc.greater(pc.fill_null(pc.list_value_length(clips.column("errors")), 0), 0)
+        errors_of[name] = set(pc.filter(clips.column("video_id"), failed).to_pylist())
+        rows_of[name] = _read(store, f"{VIDEOS_DIR}/{name}", RESUME_COLUMNS).to_pylist()
         for row in rows_of[name]:
-            if counts[row["video_id"]] != (row["num_clips"] or 0):
+            if counts.get(row["video_id"], 0) != (row["num_clips"] or 0):
                 continue  # its clips are not all there: redo it
             rank = (row.get("attempts") or 1, -i)
             if row["video_id"] not in best or rank > best[row["video_id"]][0]:
                 best[row["video_id"]] = (rank, name, row)
 
     for name, rows in rows_of.items():
-        keep = [r for r in rows if best.get(r["video_id"], (None, None, None))[2] is r]
+        keep = {r["video_id"] for r in rows if best.get(r["video_id"], (None, None, None))[2] is r}
         if len(keep) < len(rows):
             _rewrite_part(store, name, keep)
     return {
@@ -284,15 +290,16 @@ def recover(store: Store) -> dict[str, Prior]:
     }
 
 
-def _rewrite_part(store: Store, name: str, keep: list[dict]) -> None:
+def _rewrite_part(store: Store, name: str, keep: set[str]) -> None:
+    """Rewrite a part pair with the rows of the videos in `keep` only (clips first)."""
     if not keep:
         store.delete(f"{VIDEOS_DIR}/{name}")  # uncommit first; the orphaned clips part goes next
         store.delete(f"{CLIPS_DIR}/{name}")
         return
-    clips = _read(store, f"{CLIPS_DIR}/{name}")
-    ids = pa.array(sorted({r["video_id"] for r in keep}))
-    store.write_bytes(f"{CLIPS_DIR}/{name}", _to_parquet(clips.filter(pc.is_in(clips.column("video_id"), ids))))
-    store.write_bytes(f"{VIDEOS_DIR}/{name}", _to_parquet(pa.Table.from_pylist(keep, schema=VIDEOS_SCHEMA)))
+    ids = pa.array(sorted(keep))
+    for d in (CLIPS_DIR, VIDEOS_DIR):
+        table = _read(store, f"{d}/{name}")
+        store.write_bytes(f"{d}/{name}", _to_parquet(table.filter(pc.is_in(table.column("video_id"), ids))))
 
 
 class ManifestWriter:

