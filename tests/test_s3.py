@@ -148,6 +148,42 @@ def test_cli_wrong_keys_exit_with_the_reason(s3, keys, tmp_path):
 
 # ---------------------------------------------------------------- faults: the retry policy, the lease, secrets
 
+def test_retry_policy_retries_what_passes_within_its_budget():
+    from botocore.exceptions import ClientError, EndpointConnectionError, IncompleteReadError
+
+    from curate.storage import S3Unavailable, with_retries
+
+    cfg = S3Config(retry_budget_s=1.0)
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise IncompleteReadError(actual_bytes=5, expected_bytes=10)
+        return b"body"
+
+    assert with_retries(flaky, cfg, "read") == b"body" and len(calls) == 3
+
+    def down():
+        calls.append(time.monotonic())
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+    calls.clear()
+    t0 = time.monotonic()
+    with pytest.raises(S3Unavailable, match=r"^read: still failing after \d+ attempts in \ds: EndpointConnectionError"):
+        with_retries(down, cfg, "read")
+    assert len(calls) > 2 and time.monotonic() - t0 <= 1.0 + 0.1
+
+    def denied():
+        calls.append(time.monotonic())
+        raise ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")
+
+    calls.clear()
+    with pytest.raises(ClientError):
+        with_retries(denied, cfg, "read")
+    assert len(calls) == 1, "a refusal is not retried"
+
+
 # Short timeouts so that a stalled reply is abandoned in a second.
 FAST = {"timeout_s": 1.0, "retry_budget_s": 60.0}
 
