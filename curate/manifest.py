@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path

@@ -33,7 +33,6 @@ def _is_video(name: str, extensions: list[str]) -> bool:
 
 
 def _read_list(path: str, cfg: InputConfig) -> list[str]:
-    base = os.path.dirname(os.path.abspath(path))
     if path.endswith(".parquet"):
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -48,19 +47,16 @@ def _read_list(path: str, cfg: InputConfig) -> list[str]:
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             raise ConfigError(f"input.uri_column: column '{cfg.uri_column}' of {path} holds {kind}, not strings")
         column = pq.read_table(path, columns=[cfg.uri_column]).column(cfg.uri_column).to_pylist()
-        return [_listed(u, base) for u in column if u]
+        return [u for u in column if u]
+    base = os.path.dirname(os.path.abspath(path))
     out = []
     for line in read_text(path).splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        out.append(_listed(line, base))
+        # Relative entries are relative to the list file, like a playlist.
+        out.append(line if is_s3(line) or os.path.isabs(line) else os.path.join(base, line))
     return out
-
-
-def _listed(entry: str, base: str) -> str:
-    # Relative entries are relative to the list file, like a playlist.
-    return entry if is_s3(entry) or os.path.isabs(entry) else os.path.join(base, entry)
 
 
 def _one_per_file(paths: list[str]) -> list[str]:

@@ -3,8 +3,8 @@
 Manifests are committed with atomic writes (temp file + rename locally; a single PUT on S3), which
 is what makes a killed run resumable without duplicates. Every S3 request, its body included, goes
 through one retry policy (`with_retries`); botocore's own retries are off so that no request is
-retried by two policies at once. Conditional writes (`create`, `swap`, `delete_if`) let one writer
-own an output (see `manifest.Lease`).
+retried by two policies at once. Conditional writes (`read_versioned`, `swap`, `delete_if`) let one
+writer own an output (see `manifest.Lease`).
 """
 
 from __future__ import annotations
