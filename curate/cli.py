@@ -50,21 +50,31 @@ def cmd_models(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """Exit codes: 0 all done; 3 some inputs failed; 2 bad configuration, a missing model, an
+    unusable output or one another run holds, found before any work; 1 the run stopped midway
+    (disk full, S3 down past the retry budget, lease taken over): nothing half-written, rerun."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from curate.manifest import LeaseHeld, LeaseLost
     from curate.models import ModelNotFound
+    from curate.storage import S3Unavailable
 
     try:
         cfg = load_config(args.pipeline, args.set)
         from curate.engine import run_pipeline
 
         # run_pipeline resolves every model before any work: a missing one ends here in one line.
-        summary = run_pipeline(cfg, address=args.address)
-    except (ConfigError, ModelNotFound) as e:
+        summary = run_pipeline(cfg, address=args.address, retry_failed=args.retry_failed, force=args.force)
+    except (ConfigError, ModelNotFound, LeaseHeld) as e:
         return fail(str(e))
+    except (S3Unavailable, LeaseLost) as e:
+        return fail(f"{e}; rerun to resume", code=1)
     except (BotoCoreError, ClientError) as e:
         # Wrong keys, an unknown bucket or an unreachable endpoint: one line, not a traceback.
         return fail(f"S3: {e}")
+    except OSError as e:  # a full disk or an output that became unwritable midway
+        where = f"{e.filename}: " if e.filename else ""
+        return fail(f"{where}{e.strerror or e}; nothing half-written is kept, rerun to resume", code=1)
     return summary.exit_code
 
 
@@ -81,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = pipeline_cmd("run", cmd_run, "run a pipeline")
     run.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:port (default: local Ray)")
+    run.add_argument(
+        "--no-retry-failed", dest="retry_failed", action="store_false",
+        help="keep earlier error rows instead of redoing videos that failed for a reason that may pass and clips a stage failed on",
+    )
+    run.add_argument("--force", action="store_true", help="take over the output from a run that still holds its lease")
     pipeline_cmd("validate", cmd_validate, "check a pipeline file without running it")
     pipeline_cmd("models", cmd_models, "list the models a pipeline needs and where they resolve")
     from curate import eval_shots, report

@@ -7,12 +7,13 @@ Every section refuses unknown keys. Any problem becomes one `ConfigError` line t
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curate.stage import Stage
 
@@ -34,8 +35,16 @@ class ConfigError(ValueError):
     """One line naming the offending key."""
 
 
+# Deepest nesting a pipeline file or --set value may have (the real ones are 4 deep); deeper YAML
+# would otherwise exhaust Python's recursion limit inside the parser.
+MAX_YAML_DEPTH = 32
+# libx264's presets (x264 --fullhelp).
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Every float of every section is finite: `.inf` or `.nan` is a slip, never a setting.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class S3Config(Section):
@@ -45,6 +54,11 @@ class S3Config(Section):
     profile: str | None = None
     access_key_env: str = "AWS_ACCESS_KEY_ID"
     secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    # Connect and read timeout of one request: a stalled response is abandoned and retried after it.
+    timeout_s: float = Field(20.0, gt=0)
+    # Every S3 request, body included, is retried on transient failures (resets, 5xx, throttling,
+    # timeouts, cut-off bodies) with jittered exponential backoff for at most this long in total.
+    retry_budget_s: float = Field(120.0, gt=0)
 
 
 class InputConfig(Section):
@@ -59,12 +73,25 @@ class InputConfig(Section):
 
 
 class OutputConfig(Section):
+    # A local directory (`~` expanded) or s3://bucket/prefix.
     path: str
     # A manifest part is committed once this many finished videos are buffered (or at the end).
     videos_per_part: int = Field(64, ge=1)
     # ...or once the oldest buffered video waited this long, so a killed run loses little work.
     flush_interval_s: float = Field(30.0, gt=0)
     s3: S3Config = S3Config()
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must name a directory or s3://bucket/prefix, not be empty")
+        if v.startswith("s3://"):
+            if not v[len("s3://") :].split("/", 1)[0]:
+                raise ValueError(f"'{v}' names no bucket")
+            return v
+        return os.path.expanduser(v)
 
 
 class RayConfig(Section):
@@ -94,7 +121,7 @@ class ShotsConfig(Section):
     # auto: transnetv2 when a GPU is present, else curate (cuts, dissolves, fades; see bench/README.md).
     detector: Literal["auto", "curate", "adaptive", "content", "transnetv2", "stride"] = "auto"
     # Detector threshold; None keeps each detector's default.
-    threshold: float | None = None
+    threshold: float | None = Field(None, ge=0)
     # Shortest shot, in seconds (15 frames at 25 fps): boundaries closer than this merge into one
     # transition; a black or frozen run this long at either end of a video is a scene of its own.
     min_scene_len_s: float = Field(0.6, gt=0)
@@ -112,7 +139,7 @@ class ClipsConfig(Section):
     fps: float | None = Field(None, gt=0)
     short_side: int | None = Field(None, ge=16)
     crf: int = Field(20, ge=0, le=51)
-    preset: str = "veryfast"
+    preset: Literal[X264_PRESETS] = "veryfast"
 
     @model_validator(mode="after")
     def _durations(self) -> ClipsConfig:
@@ -188,9 +215,24 @@ def one_line_error(e: ValidationError, prefix: str = "") -> str:
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe YAML with YAML 1.2 booleans (only true/false). PyYAML follows YAML 1.1, where a bare
-    `off`, `no`, `on` or `yes` is a boolean, so `mode: off` arrived as false; boolean fields still
-    take those words (pydantic parses them)."""
+    """Safe YAML with YAML 1.2 booleans (only true/false) and at most MAX_YAML_DEPTH levels.
+
+    PyYAML follows YAML 1.1, where a bare `off`, `no`, `on` or `yes` is a boolean, so `mode: off`
+    arrived as false; boolean fields still take those words (pydantic parses them)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        # The composer recurses once per level: a deep document is refused at its first node past
+        # the limit instead of exhausting the interpreter's stack.
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_YAML_DEPTH} levels", problem_mark=mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -205,15 +247,32 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+def _yaml_reason(e: yaml.YAMLError) -> str:
+    """`problem, line L column C` for a YAML error (PyYAML's own text spans several lines)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        mark = e.problem_mark
+        return f"{e.problem}, line {mark.line + 1} column {mark.column + 1}" if mark else e.problem
+    return " ".join(str(e).split())
+
+
+def read_text(path: str | Path) -> str:
+    """A config or list file as UTF-8 text; anything else is one ConfigError naming the file."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
 def read_sections(path: str | Path, kind: str, allow_empty: bool = False) -> dict:
     """A YAML file of config sections (`kind`: "pipeline", "training"), or one ConfigError line."""
     path = Path(path)
     try:
-        raw = parse_yaml(path.read_text())
+        raw = parse_yaml(read_text(path))
     except OSError as e:
         raise ConfigError(f"{path}: cannot read {kind} file ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: invalid YAML ({_yaml_reason(e)})") from None
     if raw is None and allow_empty:
         raw = {}
     if not isinstance(raw, dict):
@@ -228,6 +287,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"--set {item}: expected key.path=value")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item}: '{key}' is not a key path such as clips.max_duration_s")
+        try:
+            parsed = parse_yaml(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: invalid YAML value ({_yaml_reason(e)})") from None
         node = raw
         for p in parts[:-1]:
             nxt = node.get(p)
@@ -236,7 +301,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(nxt, dict):
                 raise ConfigError(f"{key}: '{p}' is not a section")
             node = nxt
-        node[parts[-1]] = parse_yaml(value)
+        node[parts[-1]] = parsed
     return raw
 
 

@@ -21,7 +21,7 @@ from functools import partial
 import pyarrow as pa
 
 from curate import manifest
-from curate.config import PipelineConfig
+from curate.config import ConfigError, PipelineConfig
 from curate.models import ModelRef, fetch
 from curate.record import (
     TRANSIENT_NAMES,
@@ -33,13 +33,15 @@ from curate.record import (
 from curate.shots import resolve_detector_kind, transnetv2_ref
 from curate.sources import list_sources
 from curate.stage import GlobalStage, Stage
-from curate.storage import Store, is_s3, local_copy
+from curate.storage import SourceUnreadable, Store, local_copy
 
 log = logging.getLogger("curate")
 
 ERRORS_FIELD = pa.field("errors", pa.list_(pa.string()))
+# On a failed video's record: whether the failure may pass on a rerun (manifest.VIDEOS_SCHEMA).
+RETRYABLE_FIELD = pa.field("retryable", pa.bool_())
 # Transient columns the driver needs besides the manifest's (the last operator drops all others).
-TO_DRIVER = {"video", "emitted_clips", "busy"}
+TO_DRIVER = {"video", "emitted_clips", "busy", "retryable"}
 # Transient columns every stage sees (they are small); the rest only reach stages that read them.
 PASSTHROUGH = TO_DRIVER | {"frame_indices", "frame_times", "motion_frame_indices", "motion_frame_times"}
 DECODE_MEMORY_BYTES = 512 * 1024**2
@@ -84,7 +86,8 @@ def model_refs(cfg: PipelineConfig, stages: list[Stage]) -> list[ModelRef]:
 
 def manifest_schema(stages: list[Stage], transient: bool) -> pa.Schema:
     fields = [ERRORS_FIELD] + [f for s in stages for f in s.outputs()]
-    return clip_schema(fields, transient=transient)
+    schema = clip_schema(fields, transient=transient)
+    return schema.append(RETRYABLE_FIELD) if transient else schema
 
 
 def driver_schema(stages: list[Stage]) -> pa.Schema:
@@ -102,7 +105,11 @@ def _busy(stage: str, seconds: float, frames: int) -> list[dict]:
 
 
 def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights: str | None):
-    """Ray Data UDF: one source row in, a stream of record tables (of `schema`) out."""
+    """Ray Data UDF: one source row in, a stream of record tables (of `schema`) out.
+
+    A failure to read the source (I/O, S3, timeouts) is marked retryable; what the splitter says
+    about the media itself (not a video, truncated, ...) and a source that is not a regular file
+    are not."""
     from curate.split import split_video, video_record
 
     for uri in batch.column("source_uri").to_pylist():
@@ -114,6 +121,7 @@ def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights
                 for rec in split_video(uri, path, cfg, weights):
                     if rec["clip_id"] is None:
                         rec["busy"] = _busy("split", time.perf_counter() - t0, rec["video"].get("num_frames") or 0)
+                        rec["retryable"] = False
                     rows.append(rec)
                     if len(rows) >= 4:
                         yield to_table(rows, schema)
@@ -122,13 +130,15 @@ def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights
         except Exception as e:  # a download or I/O failure is still only this video's failure
             rows = [video_record(video_id_for(uri), uri, None, f"{type(e).__name__}: {e}", [], 0, sent)]
             rows[0]["busy"] = _busy("split", time.perf_counter() - t0, 0)
+            rows[0]["retryable"] = not isinstance(e, SourceUnreadable)
         if rows:
             yield to_table(rows, schema)
 
 
 class StageRunner:
     """Adapts a Stage to Ray Data: unpacks arrays, routes eligible records through process_batch,
-    records a failing batch's error on its clips (never swallowed, never fatal)."""
+    and when a batch fails, runs its clips one by one so that only a clip that fails on its own
+    carries the error (`errors`: "stage: Type: message"; never swallowed, never fatal)."""
 
     def __init__(self, stage: Stage, schema: pa.Schema):
         self.stage = stage
@@ -149,15 +159,13 @@ class StageRunner:
         if idx:
             batch = [rows[i] for i in idx]
             try:
-                out = self.stage.process_batch(batch)
-                if len(out) != len(batch):
-                    raise RuntimeError(f"returned {len(out)} records for {len(batch)}")
+                out = self._process(batch)
             except Exception as e:
-                msg = f"{self.stage.name}: {type(e).__name__}: {e}"
-                log.warning("stage %s failed on a batch: %s\n%s", self.stage.name, e, traceback.format_exc())
-                out = batch
-                for r in out:
-                    r["errors"] = list(r.get("errors") or []) + [msg]
+                if len(batch) == 1:
+                    out = [self._failed(batch[0], e)]
+                else:
+                    log.warning("stage %s failed on a batch of %d, retrying its clips one by one: %s", self.stage.name, len(batch), e)
+                    out = [self._one(r) for r in batch]
             share = (time.perf_counter() - t0) / len(idx)
             for i, r in zip(idx, out):
                 r["busy"] = list(r.get("busy") or []) + _busy(self.stage.name, share, len(r.get("frame_indices") or []))
@@ -167,6 +175,24 @@ class StageRunner:
         for c in attach:
             out = out.append_column(self.schema.field(c), table.column(c))
         return out.select(self.schema.names)
+
+    def _process(self, batch: list[dict]) -> list[dict]:
+        # Shallow copies: a stage that fails midway may have updated some records in place, and
+        # the one-by-one retry must see them as they came.
+        out = self.stage.process_batch([dict(r) for r in batch])
+        if len(out) != len(batch):
+            raise RuntimeError(f"returned {len(out)} records for {len(batch)}")
+        return out
+
+    def _one(self, rec: dict) -> dict:
+        try:
+            return self._process([rec])[0]
+        except Exception as e:
+            return self._failed(rec, e)
+
+    def _failed(self, rec: dict, e: Exception) -> dict:
+        log.warning("stage %s failed on clip %s: %s\n%s", self.stage.name, rec["clip_id"], e, traceback.format_exc())
+        return {**rec, "errors": list(rec.get("errors") or []) + [f"{self.stage.name}: {type(e).__name__}: {e}"]}
 
 
 _TASK_RUNNERS: dict[str, StageRunner] = {}
@@ -186,8 +212,13 @@ def run_stage_task(table: pa.Table, stage: Stage, schema: pa.Schema) -> pa.Table
 
 @dataclass
 class RunSummary:
+    """What a run did (`inputs`, `skipped_done`, `retried`, `wall_s`, `ray_start_s`: this run) and
+    what the whole output holds (counts, errors, filter reasons: read from the manifests;
+    `detector`, `stages`, `runs`: merged over every run that wrote it). Saved as summary.json."""
+
     inputs: int = 0
     skipped_done: int = 0
+    retried: int = 0
     videos_ok: int = 0
     videos_error: int = 0
     errors: dict[str, str] = field(default_factory=dict)
@@ -198,12 +229,14 @@ class RunSummary:
     clip_errors: int = 0
     wall_s: float = 0.0
     ray_start_s: float = 0.0
-    detector: str | None = None  # the shot detector that ran (`auto` resolved)
+    detector: str | None = None  # the shot detectors that ran (`auto` resolved), comma-separated
     stages: dict[str, dict] = field(default_factory=dict)
+    runs: int = 1
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.videos_error else 0
+        """0: everything processed; 3: some videos or clips failed (error rows, redone next run)."""
+        return 3 if self.videos_error or self.clip_errors else 0
 
 
 def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
@@ -216,10 +249,15 @@ def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
     if address:
         ray.init(address=address, log_to_driver=True)
         return ray
-    # Embedded local Ray: loopback only, bounded object store. Model actors hold their logical CPUs
-    # for the whole run but sit idle between batches, so they are counted on top of the machine's
-    # cores: decoding and pixel stages still get one task per core.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Embedded local Ray: loopback only, bounded object store. Ray reads this switch once, when it is
+    # imported, and without it rewrites 127.0.0.1 to the machine's address and binds its servers on
+    # every interface: set it for the processes Ray starts and for this already-imported one.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    # Model actors hold their logical CPUs for the whole run but sit idle between batches, so they
+    # are counted on top of the machine's cores: decoding and pixel stages still get one task per core.
     actor_cpus = sum(s.num_cpus * s.pool_size for s in stages if s.uses_actors)
     num_cpus = cfg.ray.num_cpus or (os.cpu_count() or 1) + math.ceil(actor_cpus)
     ray.init(
@@ -253,15 +291,6 @@ def _progress_line(done: int, total: int, errors: int, clips: int, elapsed: floa
     return " | ".join(parts)
 
 
-def _worker_env(cfg: PipelineConfig, uris: list[str]) -> dict[str, str]:
-    """The driver's S3 credentials, handed to the workers when S3 is used: workers of a cluster
-    joined with --address (or of a Ray started before the keys were set) never saw this environment."""
-    if not (any(is_s3(u) for u in uris) or is_s3(cfg.output.path)):
-        return {}
-    names = [n for s3 in (cfg.input.s3, cfg.output.s3) for n in (s3.access_key_env, s3.secret_key_env)]
-    return {n: os.environ[n] for n in dict.fromkeys(names + ["AWS_SESSION_TOKEN"]) if os.environ.get(n)}
-
-
 def _gpu_count(ray) -> float:
     try:
         return float(ray.cluster_resources().get("GPU", 0))
@@ -269,7 +298,21 @@ def _gpu_count(ray) -> float:
         return 0.0
 
 
-def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) -> RunSummary:
+def run_pipeline(
+    cfg: PipelineConfig,
+    address: str | None = None,
+    echo=print,
+    retry_failed: bool = True,
+    force: bool = False,
+    lease_ttl_s: float = manifest.LEASE_TTL_S,
+) -> RunSummary:
+    """Run a pipeline into `cfg.output.path`, resuming whatever is already there.
+
+    Before any work (and before Ray starts): models resolved, sources listed, the output checked
+    and its lease taken (ConfigError, ModelNotFound, LeaseHeld). `retry_failed` redoes videos that
+    failed for a reason that may pass and videos with a failed clip; `force` takes over the lease of
+    a run that still looks alive. Mid-run, LeaseLost, S3Unavailable or an OSError (disk full) stop
+    the run with nothing half-written; a rerun resumes."""
     t_start = time.perf_counter()
     stages = pipeline_stages(cfg)
     # Every model is found (or downloaded) before any work: a missing one fails here, not midway.
@@ -277,15 +320,36 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
 
     store = Store(cfg.output.path, cfg.output.s3)
     uris = list_sources(cfg.input)
-    done = manifest.recover(store)
+    store.prepare()
+    lease = manifest.Lease(store, ttl_s=lease_ttl_s, force=force)
+    try:
+        lease.acquire()
+    except OSError as e:  # read-only place, full disk, no permission
+        raise ConfigError(f"output.path: cannot write to '{store.root}' ({e.strerror or e})") from None
+    try:
+        return _run(cfg, address, echo, retry_failed, stages, weights, store, lease, uris, t_start)
+    finally:
+        lease.release()
+
+
+def _run(
+    cfg: PipelineConfig, address, echo, retry_failed: bool, stages: list[Stage], weights: dict, store: Store,
+    lease: manifest.Lease, uris: list[str], t_start: float,
+) -> RunSummary:
+    """The run proper, holding the lease."""
+    prior = manifest.recover(store)
+    done = {vid for vid, p in prior.items() if not (retry_failed and p.retry())}
     pending = [u for u in uris if video_id_for(u) not in done]
     summary = RunSummary(inputs=len(uris), skipped_done=len(uris) - len(pending))
-    echo(f"curate: {len(uris)} inputs, {summary.skipped_done} already done, {len(pending)} to process")
+    summary.retried = sum(1 for u in pending if video_id_for(u) in prior)
+    retried = f" ({summary.retried} failed before: retried)" if summary.retried else ""
+    echo(f"curate: {len(uris)} inputs, {summary.skipped_done} already done, {len(pending)} to process{retried}")
 
     full_schema = manifest_schema(stages, transient=True)
     out_schema = manifest_schema(stages, transient=False)
-    writer = manifest.ManifestWriter(store, out_schema, cfg.output.videos_per_part, cfg.output.flush_interval_s)
-
+    writer = manifest.ManifestWriter(
+        store, out_schema, cfg.output.videos_per_part, cfg.output.flush_interval_s, lease=lease, prior=prior
+    )
     metrics_data: dict = {}
     if pending:
         t_ray = time.perf_counter()
@@ -303,9 +367,6 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
         ctx.execution_options.preserve_order = False
         ctx.target_max_block_size = cfg.ray.block_mb * 1024**2
         ctx.enable_progress_bars = sys.stderr.isatty()
-        env = _worker_env(cfg, pending)
-        remote_args = {"runtime_env": {"env_vars": env}} if env else {}
-
         # Each operator's output schema; the last one's is the driver's (transient columns dropped there).
         flowing = [s for s in stages if not isinstance(s, GlobalStage)]
         metrics_data = {name: {"clips": 0, "frames": 0, "busy_s": 0.0} for name in ["split"] + [s.name for s in flowing]}
@@ -321,13 +382,12 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
             # size) or into task stages (which would bundle `batch_size` videos into one task).
             memory=DECODE_MEMORY_BYTES,
             concurrency=cfg.ray.split_concurrency,
-            **remote_args,
         )
         for stage, schema in zip(flowing, schemas[1:]):
             num_gpus = stage.num_gpus if stage.num_gpus is not None else (
                 stage.gpu_fraction if (stage.uses_gpu and gpus) else 0
             )
-            common = dict(batch_size=stage.batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus, **remote_args)
+            common = dict(batch_size=stage.batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus)
             if stage.uses_actors:
                 ds = ds.map_batches(
                     StageRunner,
@@ -352,6 +412,8 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
                 clips = writer.committed_clips + sum(len(v["clips"]) for v in writer.ready)
                 echo("curate: " + _progress_line(len(finished), len(pending), errors, clips, now - t_start, metrics_data))
         writer.close()
+        if summary.retried:
+            manifest.recover(store)  # the retried videos' new rows supersede the old
 
     for stage in stages:
         if isinstance(stage, GlobalStage):
@@ -361,7 +423,8 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
             metrics_data[stage.name] = {"clips": 0, "frames": 0, "busy_s": time.perf_counter() - t0}
 
     videos, clips = manifest.read_dir(store, manifest.VIDEOS_DIR), manifest.read_dir(store, manifest.CLIPS_DIR)
-    _summarise(summary, videos, clips, metrics_data, t_start)
+    _merge_previous(summary, store, metrics_data)
+    failed_clips = _summarise(summary, videos, clips, metrics_data, t_start)
     store.write_bytes("summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True).encode())
     from curate.report import write_report
 
@@ -378,14 +441,42 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
         echo(f"curate: shards written in {time.perf_counter() - t0:.1f}s: {counts}")
     echo(
         f"curate: done in {summary.wall_s:.1f}s: {summary.videos_ok} videos ok, {summary.videos_error} failed, "
-        f"{summary.clips} clips ({summary.clips_kept} kept, {summary.clips_filtered} filtered) -> {cfg.output.path}"
+        f"{summary.clips} clips ({summary.clips_kept} kept, {summary.clips_filtered} filtered, "
+        f"{summary.clip_errors} failed in a stage) -> {cfg.output.path}"
     )
     for uri, err in list(summary.errors.items())[:20]:
         echo(f"curate: failed: {uri}: {err}")
+    for clip_id, errs in failed_clips[:20]:
+        echo(f"curate: clip failed: {clip_id}: {'; '.join(errs)}")
+    if summary.exit_code:
+        echo("curate: a rerun retries the failures that may pass (I/O, S3, stage errors); --no-retry-failed keeps them")
     return summary
 
 
-def _summarise(summary: RunSummary, videos: pa.Table | None, clips: pa.Table | None, metrics: dict, t_start: float) -> None:
+def _merge_previous(summary: RunSummary, store: Store, metrics: dict) -> None:
+    """Fold the summary.json of earlier runs into this one: summed stage figures, every detector,
+    the run count, so the output's summary never loses what an earlier run measured."""
+    data = store.read_if_exists("summary.json")
+    try:
+        prev = json.loads(data) if data else {}
+    except ValueError:
+        prev = {}  # unreadable: this run's figures alone
+    if not isinstance(prev, dict) or not prev:
+        return
+    for name, d in (prev.get("stages") or {}).items():
+        m = metrics.setdefault(name, {"clips": 0, "frames": 0, "busy_s": 0.0})
+        for k in ("clips", "frames", "busy_s"):
+            m[k] += d.get(k) or 0
+    detectors = set(filter(None, (prev.get("detector") or "").split(","))) | ({summary.detector} if summary.detector else set())
+    summary.detector = ",".join(sorted(detectors)) or None
+    summary.runs = (prev.get("runs") or 1) + 1
+
+
+def _summarise(
+    summary: RunSummary, videos: pa.Table | None, clips: pa.Table | None, metrics: dict, t_start: float
+) -> list[tuple[str, list[str]]]:
+    """Fill `summary` from the whole output's manifests; returns the clips a stage failed on."""
+    failed: list[tuple[str, list[str]]] = []
     if videos is not None:
         for v in videos.select(["source_uri", "status", "error"]).to_pylist():
             if v["status"] == "ok":
@@ -394,11 +485,12 @@ def _summarise(summary: RunSummary, videos: pa.Table | None, clips: pa.Table | N
                 summary.videos_error += 1
                 summary.errors[v["source_uri"]] = v["error"]
     if clips is not None:
-        rows = clips.select(["kept", "filter_reasons", "errors"]).to_pylist()
+        rows = clips.select(["clip_id", "kept", "filter_reasons", "errors"]).to_pylist()
         summary.clips = len(rows)
         summary.clips_kept = sum(1 for r in rows if r["kept"])
         summary.clips_filtered = summary.clips - summary.clips_kept
-        summary.clip_errors = sum(1 for r in rows if r["errors"])
+        failed = [(r["clip_id"], r["errors"]) for r in rows if r["errors"]]
+        summary.clip_errors = len(failed)
         for r in rows:
             for reason in r["filter_reasons"] or []:
                 summary.filter_reasons[reason] = summary.filter_reasons.get(reason, 0) + 1
@@ -411,3 +503,4 @@ def _summarise(summary: RunSummary, videos: pa.Table | None, clips: pa.Table | N
         for name, d in metrics.items()
     }
     summary.wall_s = time.perf_counter() - t_start
+    return failed

@@ -1,23 +1,49 @@
-"""Parquet manifests written so that a killed run resumes without duplicates or gaps.
+"""Parquet manifests written so that a killed run resumes without duplicates or gaps, by one writer.
 
 A part is committed in two atomic writes: `clips/part-X.parquet`, then `videos/part-X.parquet`.
-A video is finished exactly when its row is in a committed videos part; on start, a clips part
-without its videos twin (the run died between the two writes) is deleted and its videos redone.
+A video is finished exactly when its row is in a committed videos part whose clips twin holds its
+`num_clips` clips. Only the run holding the output's lease (`Lease`) writes; on start it repairs
+what a killed run, or a concurrent run of an older version, left (`recover`). A rerun redoes
+videos that failed for a reason that may pass and videos with a clip a stage failed on; the new
+row, with `attempts` one higher, supersedes the old one.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import logging
+import os
+import socket
+import threading
 import time
 import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.record import VIDEO_SCHEMA
+from curate.record import VIDEO_FIELDS
 from curate.storage import Store
 
-CLIPS_DIR, VIDEOS_DIR = "clips", "videos"
+log = logging.getLogger("curate")
+
+CLIPS_DIR, VIDEOS_DIR, MEDIA_DIR = "clips", "videos", "media"
+# The videos manifest: the record's video columns, then what resuming needs. `retryable`: a failed
+# video whose cause may pass (I/O, S3, timeouts; not a verdict on the media), null for ok rows.
+# `attempts`: how many runs processed this source, this one included.
+VIDEOS_SCHEMA = pa.schema(VIDEO_FIELDS + [pa.field("retryable", pa.bool_()), pa.field("attempts", pa.int64())])
+
+# What resuming reads of each videos row (older parts lack the last two).
+RESUME_COLUMNS = ["video_id", "status", "num_clips", "retryable", "attempts"]
+
+LEASE = "lease.json"
+# A lease not renewed for this long is stale (its run died): the next run takes it over. Renewed
+# every quarter of it, so a live run survives three missed renewals (an S3 hiccup, a long GC).
+LEASE_TTL_S = 120.0
 
 
 def _to_parquet(table: pa.Table) -> bytes:
@@ -30,32 +56,267 @@ def _to_parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+def _read(store: Store, rel: str, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file of the store, or the `columns` of it that it has."""
+    f = pq.ParquetFile(io.BytesIO(store.read_bytes(rel)))
+    return f.read(columns=None if columns is None else [c for c in columns if c in f.schema_arrow.names])
+
+
 def read_dir(store: Store, rel_dir: str) -> pa.Table | None:
     names = [n for n in store.list(rel_dir) if n.endswith(".parquet")]
     if not names:
         return None
-    tables = [pq.read_table(io.BytesIO(store.read_bytes(f"{rel_dir}/{n}"))) for n in names]
-    return pa.concat_tables(tables, promote_options="permissive")
+    return pa.concat_tables([_read(store, f"{rel_dir}/{n}") for n in names], promote_options="permissive")
 
 
-def recover(store: Store) -> set[str]:
-    """Delete orphaned clips parts and temp files; return the video ids already finished."""
-    store.clean_temp(CLIPS_DIR)
-    store.clean_temp(VIDEOS_DIR)
-    videos = set(store.list(VIDEOS_DIR))
-    for name in store.list(CLIPS_DIR):
-        if name.endswith(".parquet") and name not in videos:
-            store.delete(f"{CLIPS_DIR}/{name}")
-    done = read_dir(store, VIDEOS_DIR)
-    return set(done.column("video_id").to_pylist()) if done is not None else set()
+# ---------------------------------------------------------------- the writer lease
+
+
+class LeaseHeld(Exception):
+    """Another run holds the output's lease."""
+
+
+class LeaseLost(Exception):
+    """This run's lease was taken over (--force, or it went stale): it must stop writing."""
+
+
+class Lease:
+    """One writer per output: OUTPUT/lease.json, written by compare-and-swap (under a file lock
+    locally, a conditional PUT on S3), renewed every `ttl_s / 4` by a thread while the run goes on, deleted at
+    its end. A lease whose last renewal is older than `ttl_s` on the store's clock (mtime locally,
+    the server's Date against LastModified on S3) belongs to a dead run and is taken over, and so is
+    one whose process is gone from this machine (killed runs resume at once); `force` takes over a
+    live one. Anything that commits parts calls `check()` first, and a process other
+    than the holder (a worker-side sink) can call `holds(store, token)` with the run's token.
+    """
+
+    def __init__(self, store: Store, ttl_s: float = LEASE_TTL_S, force: bool = False):
+        self.store = store
+        self.ttl_s = ttl_s
+        self.force = force
+        self.token = uuid.uuid4().hex
+        self.started = _now()
+        self.version: str | None = None
+        self.lost: str | None = None
+        self._renewed = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps({
+            "token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
+            "renewed": _now(), "ttl_s": self.ttl_s, **_process_identity(os.getpid()),
+        }).encode()
+
+    def _write(self, expect: str | None) -> str | None:
+        """Conditional write of a fresh body; its version, or None if another run's body is there.
+        Read back either way: a retried conditional PUT whose first try landed reports a conflict
+        with itself."""
+        body = self._body()
+        self.store.swap(LEASE, body, expect)
+        now = self.store.read_versioned(LEASE)
+        return now.version if now is not None and now.data == body else None
+
+    def acquire(self) -> Lease:
+        """Take the lease (LeaseHeld if a live run holds it) and start renewing it."""
+        for _ in range(3):  # a race with another starting run is settled within a round or two
+            cur = self.store.read_versioned(LEASE)
+            if cur is not None:
+                holder = _holder(cur.data)
+                ttl = holder.get("ttl_s") or self.ttl_s
+                if cur.age_s < ttl and not self.force and not _gone(holder):
+                    raise LeaseHeld(_held_message(self.store, holder, cur.age_s, ttl))
+            self.version = self._write(cur.version if cur is not None else None)
+            if self.version is not None:
+                break
+        else:
+            raise LeaseHeld(f"{self.store.uri(LEASE)}: another run is taking this output over at the same moment")
+        self._renewed = time.monotonic()
+        self._thread = threading.Thread(target=self._renew_loop, name="curate-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 4):
+            try:
+                with self._lock:
+                    version = self._write(self.version)
+                    if version is None:
+                        cur = self.store.read_versioned(LEASE)
+                        self.lost = "taken over by " + (_describe(_holder(cur.data)) if cur else "a run that has since ended")
+                        return
+                    self.version, self._renewed = version, time.monotonic()
+            except Exception as e:  # an outage: keep trying until the lease would have gone stale
+                log.warning("could not renew the lease on %s: %s", self.store.root, e)
+                if time.monotonic() - self._renewed > self.ttl_s:
+                    self.lost = f"not renewed for {self.ttl_s:.0f}s ({e})"
+                    return
+
+    def check(self) -> None:
+        """Raise LeaseLost unless this run still holds the lease (read from the store)."""
+        with self._lock:
+            if self.lost is None and not holds(self.store, self.token):
+                self.lost = "taken over by another run"
+        if self.lost is not None:
+            raise LeaseLost(f"{self.store.uri(LEASE)}: {self.lost}; this run stopped writing (rerun to resume)")
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease if it is still this run's."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            if self.lost is None and self.version is not None:
+                try:
+                    self.store.delete_if(LEASE, self.version)
+                except Exception as e:  # it goes stale by itself
+                    log.warning("could not release the lease on %s: %s", self.store.root, e)
+
+
+def holds(store: Store, token: str) -> bool:
+    """Whether the run with `token` holds the output's lease now."""
+    cur = store.read_versioned(LEASE)
+    return cur is not None and _holder(cur.data).get("token") == token
+
+
+def _process_identity(pid: int) -> dict:
+    """Where a process runs and which one it is, on Linux: the boot and PID namespace (two
+    containers of one host differ) and the process's start time (a reused pid differs)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+        # Field 22 of /proc/PID/stat, counted after the command name (which may hold spaces).
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return {}
+    return {"machine": f"{boot}/{pidns}", "pid_start": start}
+
+
+def _gone(holder: dict) -> bool:
+    """Whether the lease's holder ran on this machine and that process no longer exists."""
+    mine = _process_identity(os.getpid())
+    if not mine or holder.get("machine") != mine["machine"] or not isinstance(holder.get("pid"), int):
+        return False
+    return _process_identity(holder["pid"]).get("pid_start") != holder.get("pid_start")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _holder(data: bytes) -> dict:
+    try:
+        holder = json.loads(data)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict) -> str:
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} (started {holder.get('started', '?')})"
+
+
+def _held_message(store: Store, holder: dict, age: float, ttl: float) -> str:
+    return (
+        f"output {store.root} is in use by another run: {_describe(holder)}, lease renewed {age:.0f}s ago. "
+        f"Wait for that run to finish; if it died, rerun in {max(ttl - age, 0):.0f}s (the lease goes stale "
+        f"{ttl:.0f}s after its last renewal) or now with --force"
+    )
+
+
+# ---------------------------------------------------------------- recovery
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What the manifest holds for one source: its committed row's outcome."""
+
+    status: str
+    retryable: bool | None
+    attempts: int
+    clip_errors: bool
+
+    def retry(self) -> bool:
+        """Worth another run: a failure that may pass (old rows without the flag count as such),
+        or a clip a stage failed on (an mp4 that could not be written)."""
+        if self.status == "ok":
+            return self.clip_errors
+        return self.retryable is not False
+
+
+def recover(store: Store) -> dict[str, Prior]:
+    """Repair the output and return each committed video's outcome, by video id.
+
+    Removes temp files, clips parts without their videos twin (the run died between the two
+    writes) and videos parts without their clips twin (a concurrent run of an older version
+    deleted them), and keeps one row per video: a complete one (as many clips as `num_clips`) with
+    the most attempts, from the first part in name order. Parts are rewritten clips first, so a run
+    killed midway leaves an output this same repair finishes. Call it holding the lease.
+    """
+    for d in (CLIPS_DIR, VIDEOS_DIR, MEDIA_DIR):
+        store.clean_temp(d)
+    videos_parts = {n for n in store.list(VIDEOS_DIR) if n.endswith(".parquet")}
+    clips_parts = {n for n in store.list(CLIPS_DIR) if n.endswith(".parquet")}
+    for name in sorted(clips_parts - videos_parts):
+        store.delete(f"{CLIPS_DIR}/{name}")
+    for name in sorted(videos_parts - clips_parts):
+        store.delete(f"{VIDEOS_DIR}/{name}")
+
+    best: dict[str, tuple[tuple, str, dict]] = {}
+    rows_of: dict[str, list[dict]] = {}
+    errors_of: dict[str, set[str]] = {}
+    for i, name in enumerate(sorted(videos_parts & clips_parts)):
+        clips = _read(store, f"{CLIPS_DIR}/{name}", ["video_id", "errors"])
+        counts = dict(zip(*(c.to_pylist() for c in pc.value_counts(clips.column("video_id")).flatten())))
+        failed = pc.greater(pc.fill_null(pc.list_value_length(clips.column("errors")), 0), 0)
+        errors_of[name] = set(pc.filter(clips.column("video_id"), failed).to_pylist())
+        rows_of[name] = _read(store, f"{VIDEOS_DIR}/{name}", RESUME_COLUMNS).to_pylist()
+        for row in rows_of[name]:
+            if counts.get(row["video_id"], 0) != (row["num_clips"] or 0):
+                continue  # its clips are not all there: redo it
+            rank = (row.get("attempts") or 1, -i)
+            if row["video_id"] not in best or rank > best[row["video_id"]][0]:
+                best[row["video_id"]] = (rank, name, row)
+
+    for name, rows in rows_of.items():
+        keep = {r["video_id"] for r in rows if best.get(r["video_id"], (None, None, None))[2] is r}
+        if len(keep) < len(rows):
+            _rewrite_part(store, name, keep)
+    return {
+        vid: Prior(row["status"], row.get("retryable"), row.get("attempts") or 1, vid in errors_of[name])
+        for vid, (_, name, row) in best.items()
+    }
+
+
+def _rewrite_part(store: Store, name: str, keep: set[str]) -> None:
+    """Rewrite a part pair with the rows of the videos in `keep` only (clips first)."""
+    if not keep:
+        store.delete(f"{VIDEOS_DIR}/{name}")  # uncommit first; the orphaned clips part goes next
+        store.delete(f"{CLIPS_DIR}/{name}")
+        return
+    ids = pa.array(sorted(keep))
+    for d in (CLIPS_DIR, VIDEOS_DIR):
+        table = _read(store, f"{d}/{name}")
+        store.write_bytes(f"{d}/{name}", _to_parquet(table.filter(pc.is_in(table.column("video_id"), ids))))
 
 
 class ManifestWriter:
     """Collects rows per video as they stream in (clips of one video arrive in any order, through
     any number of stages) and commits whole videos, a part at a time."""
 
-    def __init__(self, store: Store, clip_schema: pa.Schema, videos_per_part: int, flush_interval_s: float):
+    def __init__(
+        self,
+        store: Store,
+        clip_schema: pa.Schema,
+        videos_per_part: int,
+        flush_interval_s: float,
+        lease: Lease | None = None,
+        prior: dict[str, Prior] | None = None,
+    ):
         self.store = store
+        self.lease = lease
+        self.prior = prior or {}
         self.clip_schema = clip_schema
         self.videos_per_part = videos_per_part
         self.flush_interval_s = flush_interval_s
@@ -69,11 +330,15 @@ class ManifestWriter:
 
     def add(self, table: pa.Table) -> None:
         clip_cols = [c for c in self.clip_schema.names if c in table.column_names]
-        for row in table.select(clip_cols + ["video", "emitted_clips"]).to_pylist():
+        for row in table.select(clip_cols + ["video", "emitted_clips", "retryable"]).to_pylist():
             entry = self.open.setdefault(row["video_id"], {"clips": [], "video": None, "emitted": None})
             emitted = row.pop("emitted_clips")
             video = row.pop("video")
+            retryable = row.pop("retryable")
             if row["clip_id"] is None:
+                prior = self.prior.get(row["video_id"])
+                video = {**video, "retryable": retryable if video["status"] != "ok" else None,
+                         "attempts": (prior.attempts if prior else 0) + 1}
                 entry["video"], entry["emitted"] = video, emitted
             else:
                 entry["clips"].append(row)
@@ -96,8 +361,10 @@ class ManifestWriter:
         clips = [c for v in self.ready for c in sorted(v["clips"], key=lambda c: c["start_frame"])]
         videos = [v["video"] for v in self.ready]
         name = f"part-{self.run_token}-{self.seq:05d}.parquet"
+        if self.lease is not None:
+            self.lease.check()
         self.store.write_bytes(f"{CLIPS_DIR}/{name}", _to_parquet(pa.Table.from_pylist(clips, schema=self.clip_schema)))
-        self.store.write_bytes(f"{VIDEOS_DIR}/{name}", _to_parquet(pa.Table.from_pylist(videos, schema=VIDEO_SCHEMA)))
+        self.store.write_bytes(f"{VIDEOS_DIR}/{name}", _to_parquet(pa.Table.from_pylist(videos, schema=VIDEOS_SCHEMA)))
         self.seq += 1
         self.committed_videos += videos
         self.committed_clips += len(clips)

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
 from curate.config import S3Config
 from curate.record import TRANSIENT_NAMES
-from curate.storage import Store, is_s3, local_copy, s3_client, split_s3
+from curate.storage import Store, is_s3, local_copy, read_s3
 
 MEMBERS = ("mp4", "json", "txt")
 
@@ -281,9 +281,7 @@ def read_member(shards_dir: str, row: dict, ext: str, s3: S3Config | None = None
     uri = f"{shards_dir.rstrip('/')}/{row['shard']}"
     offset, size = int(row[f"{ext}_offset"]), int(row[f"{ext}_size"])
     if is_s3(uri):
-        bucket, key = split_s3(uri)
-        rng = f"bytes={offset}-{offset + size - 1}"
-        return s3_client(s3 or S3Config()).get_object(Bucket=bucket, Key=key, Range=rng)["Body"].read()
+        return read_s3(uri, s3 or S3Config(), (offset, offset + size - 1))
     with open(uri, "rb") as f:
         f.seek(offset)
         return f.read(size)

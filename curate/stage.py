@@ -25,7 +25,9 @@ Mode = Literal["filter", "score-only", "off"]
 
 
 class Stage(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    # As config sections: unknown keys refused, every float finite. A stage that redeclares one of
+    # the fields below (a default of its own) keeps its bound: `Field(16, ge=1)`.
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
 
     # Registry key (the stage's YAML section name) and its place in the fixed stage order.
     name: ClassVar[str] = "stage"

@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from curate.models import ModelRef, fetch
 from curate.stage import Stage
@@ -57,7 +58,7 @@ class AestheticStage(Stage):
     weights: str | None = None
     aggregate: Literal["mean", "min"] = "mean"
     min_score: float | None = 4.5
-    batch_size: int = 16
+    batch_size: int = Field(16, ge=1)
 
     def outputs(self) -> list[pa.Field]:
         return [pa.field("aesthetic_score", pa.float64())]

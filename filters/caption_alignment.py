@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from curate.models import ModelRef
 from curate.stage import Stage
@@ -33,7 +34,7 @@ class CaptionAlignmentStage(Stage):
     clip: ClipSpec = ClipSpec()
     caption_column: str = "caption"
     min_score: float | None = None
-    batch_size: int = 16
+    batch_size: int = Field(16, ge=1)
 
     def outputs(self) -> list[pa.Field]:
         return [pa.field("clip_text_score", pa.float64())]

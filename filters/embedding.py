@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from curate.models import ModelRef
 from curate.stage import Stage
@@ -45,7 +46,7 @@ class ClipEmbeddingStage(Stage):
     overlay_prompts: list[str] = OVERLAY_PROMPTS
     clean_prompts: list[str] = CLEAN_PROMPTS
     max_text_overlay_prob: float | None = None
-    batch_size: int = 16
+    batch_size: int = Field(16, ge=1)
 
     def outputs(self) -> list[pa.Field]:
         fields = [pa.field("clip_embedding", pa.list_(pa.float32()))]

@@ -13,7 +13,7 @@ import operator
 import re
 from typing import ClassVar
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from curate.stage import Mode, Stage
 
@@ -72,7 +72,7 @@ class FilterStage(Stage):
     mode: Mode = "filter"
     rules: list[str] = []
     # Small batches: the filter is cheap, and a large one would hold clips back from the writer.
-    batch_size: int = 16
+    batch_size: int = Field(16, ge=1)
 
     @field_validator("rules")
     @classmethod

@@ -19,6 +19,7 @@ from typing import ClassVar, Literal
 import cv2
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from curate.stage import Stage
 
@@ -41,7 +42,7 @@ class MotionStage(Stage):
     # Thresholds on motion_score (frame diagonals per second), applied in filter mode.
     min_score: float | None = 0.002
     max_score: float | None = None
-    batch_size: int = 16
+    batch_size: int = Field(16, ge=1)
 
     def outputs(self) -> list[pa.Field]:
         return [pa.field(n, pa.float64()) for n in ("motion_score", "motion_min", "motion_max")]

@@ -19,6 +19,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from curate.stage import Stage
 
@@ -79,7 +80,7 @@ class QualityStage(Stage):
     max_blown_share: float | None = None
     max_border_share: float | None = 0.35
     max_frozen_share: float | None = 0.5
-    batch_size: int = 16
+    batch_size: int = Field(16, ge=1)
 
     def outputs(self) -> list[pa.Field]:
         return [pa.field(c, pa.float64()) for c in COLUMNS]

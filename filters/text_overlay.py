@@ -22,6 +22,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from curate.models import ModelRef, fetch
 from curate.stage import Mode, Stage
@@ -68,7 +69,7 @@ class TextOverlayStage(Stage):
     det_weights: str | None = None
     rec_weights: str | None = None
     cls_weights: str | None = None
-    batch_size: int = 8
+    batch_size: int = Field(8, ge=1)
 
     def outputs(self) -> list[pa.Field]:
         return [pa.field("text_area_ratio", pa.float64())]

