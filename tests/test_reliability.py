@@ -222,12 +222,13 @@ def test_a_clip_that_fails_in_a_stage_fails_alone(tmp_path, clips3):
     vid = video_id_for(uri)
     windows = [(0, 35), (35, 65), (400, 430)]
     recs = [{"clip_id": f"{vid}_{s:08d}_{e:08d}", "video_id": vid, "source_uri": uri, "path": uri, "start_frame": s,
-             "end_frame": e, "num_frames": e - s, "fps": 25.0, "kept": True} for s, e in windows]
+             "end_frame": e, "start_s": s / 25, "end_s": e / 25, "num_frames": e - s, "fps": 25.0, "kept": True}
+            for s, e in windows]
     stage = TranscodeStage(output=str(tmp_path / "out"), batch_size=3)
     schema = manifest_schema([stage], transient=True)
     out = StageRunner(stage, schema)(to_table(recs, schema)).to_pylist()
     assert [bool(r["errors"]) for r in out] == [False, False, True]
-    assert out[2]["errors"] == [f"transcode: RuntimeError: no frames decoded in [400, 430) of {uri}"]
+    assert out[2]["errors"] == [f"transcode: RuntimeError: decoded 0 of the 30 frames in [16.000, 17.200) s of {uri}"]
     for r in out[:2]:
         assert r["path"] == str(tmp_path / "out" / "media" / vid / f"{r['clip_id']}.mp4") and Path(r["path"]).stat().st_size
     assert out[2]["path"] == uri
