@@ -71,7 +71,7 @@ def main() -> None:
         store = Store(str(root))
         base_s, ids = timed(lambda: baseline(store), args.repeat)
         new_s, prior = timed(lambda: manifest.recover(store), args.repeat)
-        assert set(prior) == ids
+        assert set(prior.table.column("video_id").to_pylist()) == ids
         lease_s, _ = timed(lambda: manifest.Lease(store).acquire().release(), args.repeat)
     videos = args.parts * args.videos_per_part
     print(f"command: python bench/recovery.py --parts {args.parts} --videos-per-part {args.videos_per_part} "

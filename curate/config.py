@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +70,8 @@ class InputConfig(Section):
     # Column holding URIs when a list is a Parquet file.
     uri_column: str = "uri"
     limit: int | None = Field(None, ge=1)
+    # Sources listed and handed to Ray Data at a time: a listing of millions never sits in one list.
+    page_size: int = Field(4096, ge=1)
     s3: S3Config = S3Config()
 
 
@@ -262,6 +265,16 @@ def read_text(path: str | Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def read_lines(path: str | Path) -> Iterator[str]:
+    """A list file's lines as UTF-8, read as they are needed; ConfigError naming the file and line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {n})") from None
 
 
 def read_sections(path: str | Path, kind: str, allow_empty: bool = False) -> dict:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate import manifest
 from curate.config import ConfigError, PipelineConfig
@@ -31,7 +32,8 @@ from curate.record import (
     video_id_for,
 )
 from curate.shots import resolve_detector_kind, transnetv2_ref
-from curate.sources import list_sources
+from curate.sink import Committer, FragmentTarget
+from curate.sources import check_sources, iter_sources
 from curate.stage import GlobalStage, Stage
 from curate.storage import SourceUnreadable, Store, local_copy
 
@@ -104,8 +106,10 @@ def _busy(stage: str, seconds: float, frames: int) -> list[dict]:
 # ---------------------------------------------------------------- worker side
 
 
-def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights: str | None):
-    """Ray Data UDF: one source row in, a stream of record tables (of `schema`) out.
+def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights: str | None, sink: FragmentTarget | None = None):
+    """Ray Data UDF: one source row in, a stream of record tables (of `schema`) out; when split is
+    the run's last operator (`sink`), the video's rows are written as one fragment and its report
+    comes out instead.
 
     A failure to read the source (I/O, S3, timeouts) is marked retryable; what the splitter says
     about the media itself (not a video, truncated, ...) and a source that is not a regular file
@@ -123,7 +127,7 @@ def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights
                         rec["busy"] = _busy("split", time.perf_counter() - t0, rec["video"].get("num_frames") or 0)
                         rec["retryable"] = False
                     rows.append(rec)
-                    if len(rows) >= 4:
+                    if sink is None and len(rows) >= 4:
                         yield to_table(rows, schema)
                         sent += sum(1 for r in rows if r["clip_id"] is not None)
                         rows = []
@@ -131,7 +135,9 @@ def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights
             rows = [video_record(video_id_for(uri), uri, None, f"{type(e).__name__}: {e}", [], 0, sent)]
             rows[0]["busy"] = _busy("split", time.perf_counter() - t0, 0)
             rows[0]["retryable"] = not isinstance(e, SourceUnreadable)
-        if rows:
+        if sink is not None:
+            yield sink.write(to_table(rows, schema))
+        elif rows:
             yield to_table(rows, schema)
 
 
@@ -140,9 +146,10 @@ class StageRunner:
     and when a batch fails, runs its clips one by one so that only a clip that fails on its own
     carries the error (`errors`: "stage: Type: message"; never swallowed, never fatal)."""
 
-    def __init__(self, stage: Stage, schema: pa.Schema):
+    def __init__(self, stage: Stage, schema: pa.Schema, sink: FragmentTarget | None = None):
         self.stage = stage
-        self.schema = schema  # of the output: the driver's when this is the last stage
+        self.schema = schema  # of the output: the fragments' when this is the last stage
+        self.sink = sink  # the last stage writes its output as a fragment and returns the report
         self.stage.setup()
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -174,7 +181,8 @@ class StageRunner:
         out = to_table(rows, pa.schema([f for f in self.schema if f.name not in attach]))
         for c in attach:
             out = out.append_column(self.schema.field(c), table.column(c))
-        return out.select(self.schema.names)
+        out = out.select(self.schema.names)
+        return self.sink.write(out) if self.sink is not None else out
 
     def _process(self, batch: list[dict]) -> list[dict]:
         # Shallow copies: a stage that fails midway may have updated some records in place, and
@@ -198,12 +206,12 @@ class StageRunner:
 _TASK_RUNNERS: dict[str, StageRunner] = {}
 
 
-def run_stage_task(table: pa.Table, stage: Stage, schema: pa.Schema) -> pa.Table:
+def run_stage_task(table: pa.Table, stage: Stage, schema: pa.Schema, sink: FragmentTarget | None = None) -> pa.Table:
     """Task-mode entry: one StageRunner (and one setup()) per worker process, reused across tasks."""
-    key = f"{stage.name}:{stage.model_dump_json()}:{schema.names}"
+    key = f"{stage.name}:{stage.model_dump_json()}:{schema.names}:{sink}"
     runner = _TASK_RUNNERS.get(key)
     if runner is None:
-        runner = _TASK_RUNNERS[key] = StageRunner(stage, schema)
+        runner = _TASK_RUNNERS[key] = StageRunner(stage, schema, sink)
     return runner(table)
 
 
@@ -270,18 +278,8 @@ def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
     return ray
 
 
-def _add_busy(metrics: dict, column: pa.ChunkedArray) -> None:
-    """Sum the records' `busy` entries into per-stage clips, frames and busy seconds."""
-    for entries in column.to_pylist():
-        for e in entries or []:
-            d = metrics.setdefault(e["stage"], {"clips": 0, "frames": 0, "busy_s": 0.0})
-            d["clips"] += e["stage"] != "split"  # split's entry rides on the video's record
-            d["frames"] += e["frames"]
-            d["busy_s"] += e["seconds"]
-
-
-def _progress_line(done: int, total: int, errors: int, clips: int, elapsed: float, metrics: dict) -> str:
-    parts = [f"videos {done}/{total} ({errors} failed)", f"clips {clips}", f"{elapsed:.0f}s"]
+def _progress_line(counts, total: int, elapsed: float, metrics: dict) -> str:
+    parts = [f"videos {counts.videos}/{total} ({counts.errors} failed)", f"clips {counts.clips}", f"{elapsed:.0f}s"]
     for name, d in metrics.items():
         busy = d["busy_s"] or float("nan")
         if name == "split":
@@ -289,6 +287,53 @@ def _progress_line(done: int, total: int, errors: int, clips: int, elapsed: floa
         else:
             parts.append(f"{name}: {d['clips']} clips ({d['clips'] / busy:.1f}/s per worker)")
     return " | ".join(parts)
+
+
+def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage], pending: list[str], weights: dict, committer: Committer):
+    """The Ray Data pipeline for a page of sources: split, then each flowing stage; the last
+    operator writes its output as fragments and emits their reports (curate.sink)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = False
+    ctx.target_max_block_size = cfg.ray.block_mb * 1024**2
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    gpus = _gpu_count(ray)
+    transnet_weights = weights.get(transnetv2_ref(cfg.shots).name) if cfg.shots.detector == "transnetv2" else None
+    sink = committer.target(driver_schema(stages).names)
+    full_schema = manifest_schema(stages, transient=True)
+    # Each operator's output schema; the last one writes the fragments' (transient columns dropped).
+    schemas = [full_schema] * len(flowing) + [driver_schema(stages)]
+    sinks = [None] * len(flowing) + [sink]
+    ds = ray.data.from_items([{"source_uri": u} for u in pending], override_num_blocks=len(pending))
+    ds = ds.map_batches(
+        partial(split_batch, cfg=cfg, schema=schemas[0], weights=transnet_weights, sink=sinks[0]),
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=1,
+        # The decode pass's own memory (bounded, see bench/memory.py). Declaring it also keeps Ray
+        # Data from fusing decoding into a stage's actors (which would cap decoding at the pool
+        # size) or into task stages (which would bundle `batch_size` videos into one task).
+        memory=DECODE_MEMORY_BYTES,
+        concurrency=cfg.ray.split_concurrency,
+    )
+    for stage, schema, stage_sink in zip(flowing, schemas[1:], sinks[1:]):
+        num_gpus = stage.num_gpus if stage.num_gpus is not None else (
+            stage.gpu_fraction if (stage.uses_gpu and gpus) else 0
+        )
+        common = dict(batch_size=stage.batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus)
+        if stage.uses_actors:
+            ds = ds.map_batches(
+                StageRunner,
+                fn_constructor_kwargs={"stage": stage, "schema": schema, "sink": stage_sink},
+                compute=ray.data.ActorPoolStrategy(size=stage.pool_size),
+                # Declared memory also keeps Ray Data from fusing pixel tasks into model actors.
+                memory=(stage.memory_mb or stage.default_memory_mb) * 1024**2,
+                **common,
+            )
+        else:
+            ds = ds.map_batches(partial(run_stage_task, stage=stage, schema=schema, sink=stage_sink), **common)
+    return ds
 
 
 def _gpu_count(ray) -> float:
@@ -319,7 +364,7 @@ def run_pipeline(
     weights = {r.name: fetch(r) for r in model_refs(cfg, stages)}
 
     store = Store(cfg.output.path, cfg.output.s3)
-    uris = list_sources(cfg.input)
+    check_sources(cfg.input)
     store.prepare()
     lease = manifest.Lease(store, ttl_s=lease_ttl_s, force=force)
     try:
@@ -327,91 +372,69 @@ def run_pipeline(
     except OSError as e:  # read-only place, full disk, no permission
         raise ConfigError(f"output.path: cannot write to '{store.root}' ({e.strerror or e})") from None
     try:
-        return _run(cfg, address, echo, retry_failed, stages, weights, store, lease, uris, t_start)
+        return _run(cfg, address, echo, retry_failed, stages, weights, store, lease, t_start)
     finally:
         lease.release()
 
 
+def _pages(uris, size: int):
+    """(page, is_last) for consecutive pages of up to `size` sources, listed as they are needed."""
+    page: list[str] = []
+    for u in uris:
+        if len(page) == size:
+            yield page, False
+            page = []
+        page.append(u)
+    yield page, True
+
+
 def _run(
     cfg: PipelineConfig, address, echo, retry_failed: bool, stages: list[Stage], weights: dict, store: Store,
-    lease: manifest.Lease, uris: list[str], t_start: float,
+    lease: manifest.Lease, t_start: float,
 ) -> RunSummary:
-    """The run proper, holding the lease."""
-    prior = manifest.recover(store)
-    done = {vid for vid, p in prior.items() if not (retry_failed and p.retry())}
-    pending = [u for u in uris if video_id_for(u) not in done]
-    summary = RunSummary(inputs=len(uris), skipped_done=len(uris) - len(pending))
-    summary.retried = sum(1 for u in pending if video_id_for(u) in prior)
-    retried = f" ({summary.retried} failed before: retried)" if summary.retried else ""
-    echo(f"curate: {len(uris)} inputs, {summary.skipped_done} already done, {len(pending)} to process{retried}")
-
-    full_schema = manifest_schema(stages, transient=True)
+    """The run proper, holding the lease: sources listed a page at a time, each page's pending
+    videos run through Ray Data, rows written by the workers (curate.sink), counts to the driver."""
+    resume = manifest.recover(store)
+    done = resume.done_ids(retry_failed)
+    known = resume.table.column("video_id").combine_chunks()
+    summary = RunSummary(inputs=0)
     out_schema = manifest_schema(stages, transient=False)
-    writer = manifest.ManifestWriter(
-        store, out_schema, cfg.output.videos_per_part, cfg.output.flush_interval_s, lease=lease, prior=prior
-    )
+    flowing = [s for s in stages if not isinstance(s, GlobalStage)]
     metrics_data: dict = {}
-    if pending:
-        t_ray = time.perf_counter()
-        ray = init_ray(cfg, address, stages)
-        summary.ray_start_s = time.perf_counter() - t_ray
-        gpus = _gpu_count(ray)
-        # Resolved once, from the cluster's GPUs: `auto` would otherwise import torch in every decode
-        # worker (and in this driver) to look for one.
-        summary.detector = resolve_detector_kind(cfg.shots, gpus)
-        cfg = cfg.model_copy(update={"shots": cfg.shots.model_copy(update={"detector": summary.detector})})
-        transnet_weights = weights.get(transnetv2_ref(cfg.shots).name) if summary.detector == "transnetv2" else None
-        import ray.data
-
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = False
-        ctx.target_max_block_size = cfg.ray.block_mb * 1024**2
-        ctx.enable_progress_bars = sys.stderr.isatty()
-        # Each operator's output schema; the last one's is the driver's (transient columns dropped there).
-        flowing = [s for s in stages if not isinstance(s, GlobalStage)]
-        metrics_data = {name: {"clips": 0, "frames": 0, "busy_s": 0.0} for name in ["split"] + [s.name for s in flowing]}
-        schemas = [full_schema] * len(flowing) + [driver_schema(stages)]
-        ds = ray.data.from_items([{"source_uri": u} for u in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(
-            partial(split_batch, cfg=cfg, schema=schemas[0], weights=transnet_weights),
-            batch_size=1,
-            batch_format="pyarrow",
-            num_cpus=1,
-            # The decode pass's own memory (bounded, see bench/memory.py). Declaring it also keeps Ray
-            # Data from fusing decoding into a stage's actors (which would cap decoding at the pool
-            # size) or into task stages (which would bundle `batch_size` videos into one task).
-            memory=DECODE_MEMORY_BYTES,
-            concurrency=cfg.ray.split_concurrency,
-        )
-        for stage, schema in zip(flowing, schemas[1:]):
-            num_gpus = stage.num_gpus if stage.num_gpus is not None else (
-                stage.gpu_fraction if (stage.uses_gpu and gpus) else 0
-            )
-            common = dict(batch_size=stage.batch_size, batch_format="pyarrow", num_cpus=stage.num_cpus, num_gpus=num_gpus)
-            if stage.uses_actors:
-                ds = ds.map_batches(
-                    StageRunner,
-                    fn_constructor_kwargs={"stage": stage, "schema": schema},
-                    compute=ray.data.ActorPoolStrategy(size=stage.pool_size),
-                    # Declared memory also keeps Ray Data from fusing pixel tasks into model actors.
-                    memory=(stage.memory_mb or stage.default_memory_mb) * 1024**2,
-                    **common,
-                )
-            else:
-                ds = ds.map_batches(partial(run_stage_task, stage=stage, schema=schema), **common)
-
-        last = 0.0
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            _add_busy(metrics_data, batch.column("busy"))
-            writer.add(batch)
+    committer = ray = None
+    last = 0.0
+    for page, is_last in _pages(iter_sources(cfg.input), cfg.input.page_size):
+        ids = pa.array([video_id_for(u) for u in page], pa.string())
+        pending = [u for u, skip in zip(page, pc.is_in(ids, value_set=done).to_pylist()) if not skip]
+        summary.inputs += len(page)
+        summary.skipped_done += len(page) - len(pending)
+        retried = pc.sum(pc.is_in(pa.array([video_id_for(u) for u in pending], pa.string()), value_set=known)).as_py() or 0
+        summary.retried += retried
+        more = "" if is_last else " so far (listing goes on)"
+        again = f" ({summary.retried} failed before: retried)" if summary.retried else ""
+        echo(f"curate: {summary.inputs} inputs{more}, {summary.skipped_done} already done, "
+             f"{summary.inputs - summary.skipped_done} to process{again}")
+        if not pending:
+            continue
+        if ray is None:
+            t_ray = time.perf_counter()
+            ray = init_ray(cfg, address, stages)
+            summary.ray_start_s = time.perf_counter() - t_ray
+            # Resolved once, from the cluster's GPUs: `auto` would otherwise import torch in every decode
+            # worker (and in this driver) to look for one.
+            summary.detector = resolve_detector_kind(cfg.shots, _gpu_count(ray))
+            cfg = cfg.model_copy(update={"shots": cfg.shots.model_copy(update={"detector": summary.detector})})
+            committer = Committer(ray, store, out_schema, cfg.output.videos_per_part, cfg.output.flush_interval_s,
+                                  lease, resume.attempts, manifest.new_run_token())
+        for report in _dataset(ray, cfg, stages, flowing, pending, weights, committer).iter_batches(batch_size=None, batch_format="pyarrow"):
+            committer.add(report)
             now = time.perf_counter()
             if now - last > 5:
                 last = now
-                finished = writer.committed_videos + [v["video"] for v in writer.ready]
-                errors = sum(1 for v in finished if v["status"] == "error")
-                clips = writer.committed_clips + sum(len(v["clips"]) for v in writer.ready)
-                echo("curate: " + _progress_line(len(finished), len(pending), errors, clips, now - t_start, metrics_data))
-        writer.close()
+                echo("curate: " + _progress_line(committer.counts, summary.inputs - summary.skipped_done, now - t_start, committer.busy))
+    if committer is not None:
+        committer.close()
+        metrics_data = committer.busy
         if summary.retried:
             manifest.recover(store)  # the retried videos' new rows supersede the old
 

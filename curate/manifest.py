@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +31,9 @@ from curate.storage import Store
 log = logging.getLogger("curate")
 
 CLIPS_DIR, VIDEOS_DIR, MEDIA_DIR = "clips", "videos", "media"
+# Fragments workers write before their videos are committed (curate.sink); a leading underscore
+# keeps pyarrow.dataset and Hugging Face datasets from reading them as part of the output.
+STAGING_DIR = "_staging"
 # The videos manifest: the record's video columns, then what resuming needs. `retryable`: a failed
 # video whose cause may pass (I/O, S3, timeouts; not a verdict on the media), null for ok rows.
 # `attempts`: how many runs processed this source, this one included.
@@ -46,7 +48,7 @@ LEASE = "lease.json"
 LEASE_TTL_S = 120.0
 
 
-def _to_parquet(table: pa.Table) -> bytes:
+def to_parquet(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     with pq.ParquetWriter(buf, table.schema, compression="zstd") as writer:
         # A part of failed videos only has no clips: it gets no row group at all, as an empty
@@ -228,34 +230,49 @@ def _held_message(store: Store, holder: dict, age: float, ttl: float) -> str:
 # ---------------------------------------------------------------- recovery
 
 
-@dataclass(frozen=True)
-class Prior:
-    """What the manifest holds for one source: its committed row's outcome."""
+class Resume:
+    """What the committed manifest holds, one entry per video, as columns (about 40 bytes a video,
+    not a Python object each): `video_id` (sorted), `status`, `retryable`, `attempts`, `clip_errors`."""
 
-    status: str
-    retryable: bool | None
-    attempts: int
-    clip_errors: bool
+    def __init__(self, table: pa.Table):
+        self.table = table.sort_by("video_id")
 
-    def retry(self) -> bool:
-        """Worth another run: a failure that may pass (old rows without the flag count as such),
-        or a clip a stage failed on (an mp4 that could not be written)."""
-        if self.status == "ok":
-            return self.clip_errors
-        return self.retryable is not False
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def redo(self) -> pa.Array:
+        """Worth another run: a failure that may pass (old rows without the flag count as such), or
+        a clip a stage failed on (an mp4 that could not be written)."""
+        t = self.table
+        ok = pc.equal(t.column("status"), "ok")
+        failed_may_pass = pc.and_(pc.invert(ok), pc.invert(pc.fill_null(pc.equal(t.column("retryable"), False), False)))
+        return pc.or_(pc.and_(ok, pc.fill_null(t.column("clip_errors"), False)), failed_may_pass).combine_chunks()
+
+    def done_ids(self, retry_failed: bool) -> pa.Array:
+        """Ids of the videos a run skips."""
+        ids = self.table.column("video_id").combine_chunks()
+        return ids.filter(pc.invert(self.redo())) if retry_failed else ids
+
+    def attempts(self, video_ids: list[str]) -> dict[str, int]:
+        """Earlier attempts of each video (0 for one never committed)."""
+        pos = pc.index_in(pa.array(video_ids, pa.string()), value_set=self.table.column("video_id").combine_chunks())
+        counts = self.table.column("attempts").combine_chunks()
+        return {vid: (counts[p].as_py() if p is not None else 0) for vid, p in zip(video_ids, pos.to_pylist())}
 
 
-def recover(store: Store) -> dict[str, Prior]:
-    """Repair the output and return each committed video's outcome, by video id.
+def recover(store: Store) -> Resume:
+    """Repair the output and return what it holds (`Resume`).
 
-    Removes temp files, clips parts without their videos twin (the run died between the two
-    writes) and videos parts without their clips twin (a concurrent run of an older version
-    deleted them), and keeps one row per video: a complete one (as many clips as `num_clips`) with
-    the most attempts, from the first part in name order. Parts are rewritten clips first, so a run
+    Removes temp files, the staging area of killed runs (curate.sink: rows never committed),
+    clips parts without their videos twin (the run died between the two writes) and videos parts
+    without their clips twin (a concurrent run of an older version deleted them), and keeps one row
+    per video: a complete one (as many clips as `num_clips`) with the most attempts, from the first
+    part in name order. Parts are read a column set at a time and rewritten clips first, so a run
     killed midway leaves an output this same repair finishes. Call it holding the lease.
     """
     for d in (CLIPS_DIR, VIDEOS_DIR, MEDIA_DIR):
         store.clean_temp(d)
+    store.delete_tree(STAGING_DIR)
     videos_parts = {n for n in store.list(VIDEOS_DIR) if n.endswith(".parquet")}
     clips_parts = {n for n in store.list(CLIPS_DIR) if n.endswith(".parquet")}
     for name in sorted(clips_parts - videos_parts):
@@ -263,118 +280,66 @@ def recover(store: Store) -> dict[str, Prior]:
     for name in sorted(videos_parts - clips_parts):
         store.delete(f"{VIDEOS_DIR}/{name}")
 
-    best: dict[str, tuple[tuple, str, dict]] = {}
-    rows_of: dict[str, list[dict]] = {}
-    errors_of: dict[str, set[str]] = {}
-    for i, name in enumerate(sorted(videos_parts & clips_parts)):
+    names = sorted(videos_parts & clips_parts)
+    rows = []
+    for i, name in enumerate(names):
         clips = _read(store, f"{CLIPS_DIR}/{name}", ["video_id", "errors"])
-        counts = dict(zip(*(c.to_pylist() for c in pc.value_counts(clips.column("video_id")).flatten())))
         failed = pc.greater(pc.fill_null(pc.list_value_length(clips.column("errors")), 0), 0)
-        errors_of[name] = set(pc.filter(clips.column("video_id"), failed).to_pylist())
-        rows_of[name] = _read(store, f"{VIDEOS_DIR}/{name}", RESUME_COLUMNS).to_pylist()
-        for row in rows_of[name]:
-            if counts.get(row["video_id"], 0) != (row["num_clips"] or 0):
-                continue  # its clips are not all there: redo it
-            rank = (row.get("attempts") or 1, -i)
-            if row["video_id"] not in best or rank > best[row["video_id"]][0]:
-                best[row["video_id"]] = (rank, name, row)
+        per_video = pa.table({"video_id": clips.column("video_id"), "failed": failed}).group_by("video_id").aggregate(
+            [("video_id", "count"), ("failed", "any")]
+        )
+        v = _read(store, f"{VIDEOS_DIR}/{name}", RESUME_COLUMNS)
+        for col, kind in (("retryable", pa.bool_()), ("attempts", pa.int64())):
+            if col not in v.column_names:  # parts written before resuming kept them
+                v = v.append_column(col, pa.nulls(v.num_rows, kind))
+        v = v.select(RESUME_COLUMNS).append_column("part", pa.array([i] * v.num_rows, pa.int64()))
+        v = v.join(per_video, "video_id", join_type="left outer")
+        complete = pc.equal(pc.fill_null(v.column("video_id_count"), 0), pc.fill_null(v.column("num_clips"), 0))
+        rows.append(v.filter(complete).select(["video_id", "status", "retryable", "attempts", "failed_any", "part"]))
+    if not rows:
+        return Resume(pa.table({"video_id": pa.array([], pa.string()), "status": pa.array([], pa.string()),
+                                "retryable": pa.array([], pa.bool_()), "attempts": pa.array([], pa.int64()),
+                                "clip_errors": pa.array([], pa.bool_())}))
+    table = pa.concat_tables(rows).combine_chunks()
+    table = table.set_column(3, "attempts", pc.fill_null(table.column("attempts"), 1))
+    table = table.sort_by([("video_id", "ascending"), ("attempts", "descending"), ("part", "ascending")])
+    best = first_of_each(table, "video_id")
 
-    for name, rows in rows_of.items():
-        keep = {r["video_id"] for r in rows if best.get(r["video_id"], (None, None, None))[2] is r}
-        if len(keep) < len(rows):
+    for i, name in enumerate(names):  # parts holding rows that lost to a better one, or incomplete rows
+        keep = best.filter(pc.equal(best.column("part"), i)).column("video_id")
+        if len(keep) < _num_rows(store, f"{VIDEOS_DIR}/{name}"):
             _rewrite_part(store, name, keep)
-    return {
-        vid: Prior(row["status"], row.get("retryable"), row.get("attempts") or 1, vid in errors_of[name])
-        for vid, (_, name, row) in best.items()
-    }
+    return Resume(best.select(["video_id", "status", "retryable", "attempts", "failed_any"]).rename_columns(
+        ["video_id", "status", "retryable", "attempts", "clip_errors"]))
 
 
-def _rewrite_part(store: Store, name: str, keep: set[str]) -> None:
+def first_of_each(table: pa.Table, column: str) -> pa.Table:
+    """The first row of each run of equal values of `column` (a table sorted by it: one row per value)."""
+    if table.num_rows < 2:
+        return table
+    values = table.column(column).combine_chunks()
+    changed = pc.fill_null(pc.not_equal(values.slice(1), values.slice(0, len(values) - 1)), True)
+    return table.filter(pa.concat_arrays([pa.array([True]), changed]))
+
+
+def _num_rows(store: Store, rel: str) -> int:
+    return pq.ParquetFile(io.BytesIO(store.read_bytes(rel))).metadata.num_rows
+
+
+def _rewrite_part(store: Store, name: str, keep: pa.ChunkedArray) -> None:
     """Rewrite a part pair with the rows of the videos in `keep` only (clips first)."""
-    if not keep:
+    if not len(keep):
         store.delete(f"{VIDEOS_DIR}/{name}")  # uncommit first; the orphaned clips part goes next
         store.delete(f"{CLIPS_DIR}/{name}")
         return
-    ids = pa.array(sorted(keep))
     for d in (CLIPS_DIR, VIDEOS_DIR):
         table = _read(store, f"{d}/{name}")
-        store.write_bytes(f"{d}/{name}", _to_parquet(table.filter(pc.is_in(table.column("video_id"), ids))))
+        store.write_bytes(f"{d}/{name}", to_parquet(table.filter(pc.is_in(table.column("video_id"), keep.combine_chunks()))))
 
 
-class ManifestWriter:
-    """Collects rows per video as they stream in (clips of one video arrive in any order, through
-    any number of stages) and commits whole videos, a part at a time."""
-
-    def __init__(
-        self,
-        store: Store,
-        clip_schema: pa.Schema,
-        videos_per_part: int,
-        flush_interval_s: float,
-        lease: Lease | None = None,
-        prior: dict[str, Prior] | None = None,
-    ):
-        self.store = store
-        self.lease = lease
-        self.prior = prior or {}
-        self.clip_schema = clip_schema
-        self.videos_per_part = videos_per_part
-        self.flush_interval_s = flush_interval_s
-        self.open: dict[str, dict] = {}
-        self.ready: list[dict] = []
-        self.ready_since: float | None = None
-        self.run_token = uuid.uuid4().hex[:8]
-        self.seq = 0
-        self.committed_videos: list[dict] = []
-        self.committed_clips = 0
-
-    def add(self, table: pa.Table) -> None:
-        clip_cols = [c for c in self.clip_schema.names if c in table.column_names]
-        for row in table.select(clip_cols + ["video", "emitted_clips", "retryable"]).to_pylist():
-            entry = self.open.setdefault(row["video_id"], {"clips": [], "video": None, "emitted": None})
-            emitted = row.pop("emitted_clips")
-            video = row.pop("video")
-            retryable = row.pop("retryable")
-            if row["clip_id"] is None:
-                prior = self.prior.get(row["video_id"])
-                video = {**video, "retryable": retryable if video["status"] != "ok" else None,
-                         "attempts": (prior.attempts if prior else 0) + 1}
-                entry["video"], entry["emitted"] = video, emitted
-            else:
-                entry["clips"].append(row)
-            if entry["video"] is not None and len(entry["clips"]) == entry["emitted"]:
-                if entry["video"]["status"] != "ok":
-                    entry["clips"] = []  # the video failed after some clips were sent: keep none
-                self.ready.append(self.open.pop(row["video_id"]))
-                self.ready_since = self.ready_since or time.monotonic()
-        self.maybe_flush()
-
-    def maybe_flush(self) -> None:
-        if len(self.ready) >= self.videos_per_part or (
-            self.ready and time.monotonic() - (self.ready_since or 0) >= self.flush_interval_s
-        ):
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.ready:
-            return
-        clips = [c for v in self.ready for c in sorted(v["clips"], key=lambda c: c["start_frame"])]
-        videos = [v["video"] for v in self.ready]
-        name = f"part-{self.run_token}-{self.seq:05d}.parquet"
-        if self.lease is not None:
-            self.lease.check()
-        self.store.write_bytes(f"{CLIPS_DIR}/{name}", _to_parquet(pa.Table.from_pylist(clips, schema=self.clip_schema)))
-        self.store.write_bytes(f"{VIDEOS_DIR}/{name}", _to_parquet(pa.Table.from_pylist(videos, schema=VIDEOS_SCHEMA)))
-        self.seq += 1
-        self.committed_videos += videos
-        self.committed_clips += len(clips)
-        self.ready, self.ready_since = [], None
-
-    def close(self) -> None:
-        self.flush()
-        if self.open:
-            missing = ", ".join(sorted(self.open)[:5])
-            raise RuntimeError(f"{len(self.open)} videos never completed (first: {missing})")
+def new_run_token() -> str:
+    """A short id for one run's parts and staging (`part-<token>-00000.parquet`)."""
+    return uuid.uuid4().hex[:8]
 
 
 def rewrite_clips(store: Store, update, clip_schema: pa.Schema) -> None:
@@ -393,4 +358,4 @@ def rewrite_clips(store: Store, update, clip_schema: pa.Schema) -> None:
         updated = new.slice(offset, part.num_rows)
         offset += part.num_rows
         if not updated.equals(part):
-            store.write_bytes(f"{CLIPS_DIR}/{name}", _to_parquet(updated))
+            store.write_bytes(f"{CLIPS_DIR}/{name}", to_parquet(updated))

@@ -124,17 +124,28 @@ def _client(cfg_json: str, access_key: str | None, secret_key: str | None):
     )
 
 
-def list_s3(uri: str, cfg: S3Config) -> list[str]:
+def iter_s3(uri: str, cfg: S3Config) -> Iterator[str]:
+    """Every object under an s3:// prefix, in key order, a listing page (1000 keys) at a time."""
     bucket, prefix = split_s3(uri)
-    return [f"s3://{bucket}/{key}" for key in _list_keys(cfg, bucket, prefix)]
+    return (f"s3://{bucket}/{key}" for key in _iter_keys(cfg, bucket, prefix))
+
+
+def _iter_keys(cfg: S3Config, bucket: str, prefix: str) -> Iterator[str]:
+    """Keys under `prefix`, page by page, each page request under the retry policy."""
+    token = None
+    while True:
+        extra = {"ContinuationToken": token} if token else {}
+        page = with_retries(
+            lambda: s3_client(cfg).list_objects_v2(Bucket=bucket, Prefix=prefix, **extra), cfg, f"list s3://{bucket}/{prefix}"
+        )
+        yield from (o["Key"] for o in page.get("Contents", []))
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
 
 
 def _list_keys(cfg: S3Config, bucket: str, prefix: str) -> list[str]:
-    def op():
-        pages = s3_client(cfg).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return [o["Key"] for page in pages for o in page.get("Contents", [])]
-
-    return with_retries(op, cfg, f"list s3://{bucket}/{prefix}")
+    return list(_iter_keys(cfg, bucket, prefix))
 
 
 def read_s3(uri: str, cfg: S3Config, byte_range: tuple[int, int] | None = None) -> bytes:
@@ -274,6 +285,17 @@ class Store:
             return
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.uri(rel))
+
+    def delete_tree(self, rel_dir: str) -> None:
+        """Delete everything under `rel_dir`, at any depth (nothing if it does not exist)."""
+        if self.s3:
+            bucket, prefix = split_s3(self.uri(rel_dir).rstrip("/") + "/")
+            keys = _list_keys(self.cfg, bucket, prefix)
+            for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+                batch = {"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
+                self._s3(lambda b=batch: self.client.delete_objects(Bucket=bucket, Delete=b), "delete", rel_dir)
+            return
+        shutil.rmtree(self.uri(rel_dir), ignore_errors=True)
 
     def clean_temp(self, rel_dir: str) -> None:
         """Remove half-written temp files a killed run left under `rel_dir`, at any depth (local
