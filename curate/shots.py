@@ -309,9 +309,12 @@ class CurateDetector:
         d = self.diff.get(i, 0.0)
         if d < min(self.cut, self.JUMP) or i in self.dark or i - 1 in self.dark:
             return False
+        spike = d >= self.JUMP_ISOLATION * max(self.diff.get(i - 1, 0.0), self.diff.get(i + 1, 0.0))
+        if not spike and d < self.cut:
+            return False  # most frames of a moving picture end here, before the median
         around = [self.diff[j] for j in range(i - self.window, i + self.window + 1) if j != i and j in self.diff]
         level = float(np.median(around)) if around else 0.0
-        if d >= self.JUMP_RATIO * level and d >= self.JUMP_ISOLATION * max(self.diff.get(i - 1, 0.0), self.diff.get(i + 1, 0.0)):
+        if spike and d >= self.JUMP_RATIO * level:
             least = self.JUMP
         elif d >= self.cut and d >= self.CUT_RATIO * level:
             least = self.cut
