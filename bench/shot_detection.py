@@ -1,7 +1,8 @@
 """Shot detection accuracy and speed on the project's labelled corpus.
 
 Builds the corpus (curate.shot_corpus: sample footage edited together with known hard cuts,
-dissolves and fades, plus camera-motion and flash traps) into a cache folder, then scores each
+dissolves and fades, plus camera-motion and flash traps, and videos of jump cuts and cut-ins
+within one shot) into a cache folder, then scores each
 detector option as the pipeline runs it, and PySceneDetect as its users run it (its own decoder,
 all defaults). A cut matches within --tolerance frames; a dissolve or fade when a detected boundary
 lies inside it.
@@ -57,15 +58,17 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--videos", type=int, default=10)
     p.add_argument("--segments", type=int, default=10)
+    p.add_argument("--jump-videos", type=int, default=8, help="videos edited mostly with jump cuts and cut-ins")
     p.add_argument("--detectors", default="curate,adaptive,content,pyscenedetect,pyscenedetect-content,transnetv2")
     p.add_argument("--tolerance", type=int, default=2)
     p.add_argument("--cache", default=str(default_cache()))
     args = p.parse_args(argv)
     print("command: python bench/shot_detection.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
 
-    corpus = f"{args.cache}/seed{args.seed}-{args.videos}x{args.segments}"
+    corpus = f"{args.cache}/seed{args.seed}-{args.videos}x{args.segments}-j{args.jump_videos}"
     t0 = time.perf_counter()
-    labels_path = build_corpus(corpus, videos=args.videos, segments=args.segments, seed=args.seed, cache_dir=args.cache)
+    labels_path = build_corpus(corpus, videos=args.videos, segments=args.segments, seed=args.seed, cache_dir=args.cache,
+                               jump_videos=args.jump_videos)
     labels = load_labels(labels_path)
     videos = find_videos(corpus, labels)
     kinds = Counter(t.kind for v in labels.values() for t in v.transitions)

@@ -9,8 +9,10 @@ Labels, JSON (what `curate.shot_corpus` writes; a bare {video: [transitions]} ma
                                            {"kind": "dissolve", "start": 140, "end": 160}]}}}
 
 or CSV with a header `video,kind,start,end` (a cut's `start` is its frame, `end` left empty).
-A cut's frame is the first frame of the new shot; a gradual transition (dissolve, fade, wipe: any
-other kind) spans frames [start, end). Video names are matched by file name.
+A cut's frame is the first frame of the new shot; `jump` (a jump cut: the same shot, later or
+earlier) and `cut-in` (the same shot framed closer or wider) are cuts too, scored by kind. A gradual
+transition (dissolve, fade, wipe: any other kind) spans frames [start, end). Video names are
+matched by file name.
 
 Matching is one to one. A detected boundary matches a cut when it lies within `tolerance` frames
 of it, and a gradual transition when it lies inside the transition (widened by `tolerance`).
@@ -33,6 +35,8 @@ import av
 
 from curate.config import ShotsConfig
 from curate.shots import Boundary, make_detector
+
+CUT_KINDS = ("cut", "jump", "cut-in")  # hard transitions: one frame, the first of the new shot
 
 # Baselines outside the pipeline: PySceneDetect's own API with its default settings and decoder.
 PYSCENEDETECT = {"pyscenedetect": "AdaptiveDetector", "pyscenedetect-content": "ContentDetector"}
@@ -73,7 +77,7 @@ def load_labels(path: str | Path) -> dict[str, Truth]:
 
 def _transition(kind: str, start, end) -> Transition:
     start = int(start)
-    if kind == "cut":
+    if kind in CUT_KINDS:
         return Transition(kind, start, start)
     if end is None or int(end) <= start:
         raise ValueError(f"{kind} at {start}: a gradual transition needs end > start")

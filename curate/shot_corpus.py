@@ -5,14 +5,18 @@ Megamind.avi and vtest.avi) are joined by hard cuts, dissolves and fades to (nea
 transition frame is known by construction. The real cuts inside the source footage (bikes.mp4,
 Megamind.avi; checked by eye and with TransNetV2) are carried into the labels. Traps that are
 *not* boundaries are mixed in: synthetic camera pans and zooms over a still frame, and flashes
-(a few frames driven towards white). Two stretches of the same file may follow each other: a
-jump cut within one scene, the hardest kind of cut. A seed fixes every choice, so a corpus can be rebuilt
-anywhere instead of being stored.
+(a few frames driven towards white). Two stretches of the same file at least 2 s apart may follow
+each other (labelled `cut`). Further videos (`jump_videos`, named j000.mp4...) are edited mostly with
+the cuts that keep the background: `jump` (the same framing of the same shot, at least a second
+earlier or later: a subject moved or changed pose, as where a looped file joins) and `cut-in` (the
+next frame of the same shot, framed closer or wider). A seed fixes every choice, so a corpus can be
+rebuilt anywhere instead of being stored.
 
 Labels (``labels.json``, the format `curate eval-shots` reads)::
 
     {"videos": {"v000.mp4": {"num_frames": 812, "fps": 25,
         "transitions": [{"kind": "cut", "frame": 87},                  # first frame of the new shot
+                        {"kind": "jump", "frame": 120},                 # also "cut-in": a hard cut
                         {"kind": "dissolve", "start": 140, "end": 160}, # transition frames [start, end)
                         {"kind": "fade", "start": 300, "end": 324}],
         "traps": [{"kind": "flash", "start": 50, "end": 53}, {"kind": "pan", "start": 400, "end": 470}]}}}
@@ -34,8 +38,11 @@ import av
 import cv2
 import numpy as np
 
+from curate.eval_shots import CUT_KINDS
+
 FPS = 25
-VERSION = 3
+VERSION = 4
+JUMP_MIN_S = 1.0  # a jump cut skips at least this much of the shot
 
 
 @dataclass(frozen=True)
@@ -218,7 +225,7 @@ def _transition(rng, short: bool) -> tuple:
 
 def _eats(t: tuple | None, side: str) -> int:
     """Frames of a segment a transition blends or darkens at the segment's end ('out') or start ('in')."""
-    if t is None or t[0] == "cut":
+    if t is None or t[0] in CUT_KINDS:
         return 0
     if t[0] == "dissolve":
         return t[1]
@@ -253,6 +260,81 @@ def _video_plan(rng, fo: _Footage, srcs: list[Source], n_segments: int, short: b
     return segs, transitions
 
 
+def _framed(fo: _Footage, src: Source, a: int, n: int, framing: tuple[float, float, float] | None) -> _Segment:
+    """Source frames [a, a+n) through a framing (scale, x, y: a crop window covering `scale` of the
+    largest corpus-shaped window, centred near (x, y) as fractions of the frame; None: the whole frame)."""
+    frames = fo.frames(src.name)
+    if framing is None:
+        picked = [f.copy() for f in frames[a : a + n]]
+    else:
+        scale, x, y = framing
+        native = fo.native[src.name]
+        sh, sw = native[0].shape[:2]
+        picked = [_window(native[k], x * sw, y * sh, scale, fo.w, fo.h) for k in range(a, a + n)]
+    return _Segment(picked, [c - a for c in src.cuts if a < c < a + n], [], (a, a + n))
+
+
+def _jump_plan(rng, fo: _Footage, srcs: list[Source], n_segments: int):
+    """Segments of real footage joined mostly by cuts within one shot of one file: 'jump' (the same
+    framing, at least JUMP_MIN_S earlier or later: a subject has moved or changed pose against the
+    same background, as at the join of a looped file) and 'cut-in' (the very next frame, framed
+    closer or wider), with plain cuts, dissolves and fades to other footage between them."""
+    transitions = [_jump_transition(rng) for _ in range(n_segments - 1)]
+    segs: list[_Segment] = []
+    src, framing = None, None
+    while len(segs) < n_segments:
+        j = len(segs)
+        t_in = transitions[j - 1] if j else None
+        pad_in, pad_out = _eats(t_in, "in"), _eats(transitions[j] if j < len(transitions) else None, "out")
+        n = pad_in + pad_out + int(rng.integers(25, 45))
+        if t_in is not None and t_in[0] in ("jump", "cut-in"):
+            seg, framing = _same_shot(rng, fo, src, segs[-1], n, pad_out + 20, t_in[0], framing)
+            if seg is None:
+                transitions[j - 1] = ("cut",)  # no room left in that shot: an ordinary cut instead
+                continue
+        else:
+            others = [s for s in srcs if s is not src]
+            src = others[int(rng.integers(len(others)))]
+            framing = None if rng.random() < 0.5 else _crop(rng)
+            seg = _clip_segment(rng, fo, src, n, pad_in, pad_out)
+            if seg is None:
+                continue
+            if framing is not None:
+                seg = _framed(fo, src, seg.span[0], n, framing)
+        if rng.random() < 0.35:
+            _flash(seg, rng, pad_in + 10, len(seg.frames) - pad_out - 10)
+        segs.append(seg)
+    return segs, transitions
+
+
+def _jump_transition(rng) -> tuple:
+    r = rng.random()
+    return ("jump",) if r < 0.4 else ("cut-in",) if r < 0.7 else _transition(rng, short=False)
+
+
+def _same_shot(rng, fo: _Footage, src: Source, prev: _Segment, n: int, min_n: int, kind: str, framing):
+    """The segment after `prev` in the same real shot of `src` for a jump or a cut-in (n frames; a
+    cut-in takes what is left of the shot, at least min_n), and its framing; (None, framing) when
+    the shot has no room for it."""
+    last = prev.span[1] - 1
+    edges = [src.skip_head, *src.cuts, len(fo.frames(src.name))]
+    lo, hi = max((e, f) for e, f in zip(edges, edges[1:]) if e <= last)
+    if kind == "cut-in":
+        n = min(n, hi - last - 1)  # what is left of the shot, if enough
+        starts = [last + 1] if n >= min_n else []
+        framing = _crop(rng) if framing is None else None
+    else:
+        starts = [a for a in range(lo, hi - n + 1) if abs(a - last) >= round(JUMP_MIN_S * FPS)]
+    if not starts:
+        return None, framing
+    return _framed(fo, src, starts[int(rng.integers(len(starts)))], n, framing), framing
+
+
+def _crop(rng) -> tuple[float, float, float]:
+    """A closer framing: 50-70 % of the frame, centred in its middle half."""
+    return float(rng.uniform(0.5, 0.7)), float(rng.uniform(0.35, 0.65)), float(rng.uniform(0.35, 0.65))
+
+
 def _assemble(segs: list[_Segment], transitions: list[tuple]) -> tuple[list[np.ndarray], list[dict], list[dict]]:
     """Join segments with their transitions; return frames, transition labels and trap labels."""
     out: list[np.ndarray] = []
@@ -263,8 +345,8 @@ def _assemble(segs: list[_Segment], transitions: list[tuple]) -> tuple[list[np.n
         offset = len(out)
         if j:
             t = transitions[j - 1]
-            if t[0] == "cut":
-                labels.append({"kind": "cut", "frame": len(out)})
+            if t[0] in CUT_KINDS:
+                labels.append({"kind": t[0], "frame": len(out)})
             elif t[0] == "dissolve":
                 n, eased = t[1:]
                 start = len(out) - n
@@ -318,13 +400,16 @@ def build_corpus(
     size: tuple[int, int] = (480, 270),
     with_opencv: bool = True,
     cache_dir: str | Path | None = None,
+    jump_videos: int = 0,
 ) -> Path:
-    """Write `videos` labelled mp4s and labels.json into out_dir; reuse them if built with the same settings."""
+    """Write `videos` labelled mp4s (v000.mp4...) and `jump_videos` more (j000.mp4...) and labels.json
+    into out_dir; reuse them if built with the same settings. The v videos are the same whatever
+    `jump_videos` is."""
     out_dir = Path(out_dir)
     labels_path = out_dir / "labels.json"
     srcs = sources(cache_dir, with_opencv)
     params = {"version": VERSION, "videos": videos, "segments": segments, "seed": seed, "size": list(size),
-              "sources": [s.name for s in srcs]}
+              "jump_videos": jump_videos, "sources": [s.name for s in srcs]}
     if labels_path.exists():
         old = json.loads(labels_path.read_text())
         if old.get("params") == params and all((out_dir / n).exists() for n in old["videos"]):
@@ -334,10 +419,10 @@ def build_corpus(
     fo = _Footage(srcs, *size)
     short = segments <= 4
     entries = {}
-    for v in range(videos):
-        segs, transitions = _video_plan(rng, fo, srcs, segments, short)
-        frames, labels, traps = _assemble(segs, transitions)
-        name = f"v{v:03d}.mp4"
+    plans = [(f"v{v:03d}.mp4", lambda: _video_plan(rng, fo, srcs, segments, short)) for v in range(videos)]
+    plans += [(f"j{v:03d}.mp4", lambda: _jump_plan(rng, fo, srcs, segments)) for v in range(jump_videos)]
+    for name, plan in plans:
+        frames, labels, traps = _assemble(*plan())
         write_mp4(out_dir / name, frames)
         entries[name] = {"num_frames": len(frames), "fps": FPS, "transitions": labels, "traps": traps}
     labels_path.write_text(json.dumps({"params": params, "videos": entries}, indent=1))

