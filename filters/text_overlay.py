@@ -9,25 +9,27 @@ Text is found with PP-OCR (the v4 detector and recogniser ONNX models that PyPI
 `rapidocr-onnxruntime` ships), in two ways whose results are joined:
 - scan: the detector reads `frames_per_clip` frames shrunk to `ocr_size` on the long side (about
   20 ms of one core a frame at 448). This is the stage's main cost: two frames at 640, the settings
-  before, cost 95 ms a clip;
+  before, cost 85-95 ms a clip (bench/README.md, "Scoring stages");
 - static structure: pixels that are edges in every sampled frame and keep their grey level within
-  `STILL_LEVELS` across them are where a persistent overlay can be. Line-shaped groups of them too
-  small for the scan to see are cropped from the frame at its full size, and the detector reads only
-  those crops: a small or half-transparent watermark, for a few milliseconds a clip.
+  `STILL_LEVELS` across them, while the picture around them changes, are where a persistent
+  overlay can be. Line-shaped groups of them too small for the scan are cropped from the frame at
+  its full size and the detector reads only those crops: it finds a small or half-transparent
+  watermark that the shrunk scan misses, for a few milliseconds a clip. On a still picture this
+  says nothing (everything stays put), so there only the scan looks.
 A detected box counts as text only when it is line-shaped (its long side at least `min_aspect`
 times the short side, which is at most `max_line_height` of the frame height) and legible (the
 recogniser reads at least `min_chars` letters or digits with confidence at least
 `min_confidence`): PP-OCR's detector alone also boxes foliage and fine textures.
 
-Overlay or scene text: a scanned text box is compared (normalised cross-correlation of its grey
+Overlay or scene text: every legible line is compared (normalised cross-correlation of its grey
 levels, at zero shift) with the same place in the nearest frame before it and the nearest after it
 that are at least `MIN_GAP_S` away, taken from the clip's sampled frames and its motion frames
 (about 2 a second at 128 px). At or above `still_correlation` against either, it stayed put: an
 overlay. Below against every neighbour that could be compared, it moved or went: scene text. With
 no neighbour to compare (a one-frame clip, a box under `MIN_COMPARE_PX` at the neighbours' size) it
-counts as an overlay, the conservative side for a filter. Text found through static structure is
-an overlay. A static camera filming a static sign is the case this cannot tell apart: the sign stays
-put like an overlay and is counted as one (bench/README.md, "Scoring sanity", has the figures).
+counts as an overlay, the conservative side for a filter. A static camera filming a static sign is
+the case this cannot tell apart: the sign stays put like an overlay and is counted as one
+(bench/README.md, "Scoring sanity (AUC)", has the figures).
 
 Both columns are the area of the union of the boxes of their kind over the frame area, the largest
 over the scanned frames.
