@@ -86,7 +86,10 @@ def draw_text(frames: list[np.ndarray], style: str, rng) -> list[np.ndarray]:
 
 def pan(frame: np.ndarray, speed: float) -> list[np.ndarray]:
     """A camera pan over one real frame: crops of a 2x enlargement moving `speed` (<= 9) pixels a frame."""
-    big = cv2.resize(frame, (2 * W, 2 * H), interpolation=cv2.INTER_CUBIC)
+    return pan_over(cv2.resize(frame, (2 * W, 2 * H), interpolation=cv2.INTER_CUBIC), speed)
+
+
+def pan_over(big: np.ndarray, speed: float) -> list[np.ndarray]:
     x0 = (W - speed * N) / 2
     return [np.ascontiguousarray(big[H // 2 : H // 2 + H, int(x0 + speed * i) : int(x0 + speed * i) + W]) for i in range(N)]
 
@@ -107,10 +110,9 @@ def sign_pan(frame: np.ndarray, speed: float, rng) -> list[np.ndarray]:
     """Scene text on a moving camera: a sign painted into one real frame, then `pan` over it; the
     sign sits where the middle of the pan looks, so it crosses the picture with the scene."""
     big = cv2.resize(frame, (2 * W, 2 * H), interpolation=cv2.INTER_CUBIC)
-    x0 = (W - speed * N) / 2
-    cx = int(x0 + speed * N / 2 + W * rng.uniform(0.3, 0.7))
+    cx = int((W - speed * N) / 2 + speed * N / 2 + W * rng.uniform(0.3, 0.7))
     draw_sign(big, cx, int(H / 2 + H * rng.uniform(0.3, 0.7)), float(rng.uniform(0.7, 1.1)), rng)
-    return [np.ascontiguousarray(big[H // 2 : H // 2 + H, int(x0 + speed * i) : int(x0 + speed * i) + W]) for i in range(N)]
+    return pan_over(big, speed)
 
 
 def frozen(frame: np.ndarray, noise: float, rng) -> list[np.ndarray]:
