@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 
 from curate.config import ShotsConfig
 from curate.shots import Boundary, make_detector
@@ -157,12 +156,13 @@ def detect_file(path: str, cfg: ShotsConfig, weights_path: str | None = None) ->
     """Boundaries the pipeline's detector reports for a file, its frame count, and the seconds spent
     decoding (with the frame conversion the detector needs) and in the detector itself."""
     from curate.split import detect_size, detector_input
+    from curate.video import open_video
 
     out: list[Boundary] = []
     decode_s = detect_s = 0.0
     index = 0
-    with av.open(path) as container:
-        stream = container.streams.video[0]
+    container, stream = open_video(path)  # the movie stream, as the pipeline picks it
+    with container:
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         detector = make_detector(cfg, float(rate), weights_path)
