@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from curate.config import ShotsConfig
 from curate.shots import Boundary, make_detector
 
