@@ -47,6 +47,8 @@ TO_DRIVER = {"video", "emitted_clips", "busy", "retryable"}
 # Transient columns every stage sees (they are small); the rest only reach stages that read them.
 PASSTHROUGH = TO_DRIVER | {"frame_indices", "frame_times", "motion_frame_indices", "motion_frame_times"}
 DECODE_MEMORY_BYTES = 512 * 1024**2
+# Failed videos named in summary.json (all of them are error rows in the videos manifest).
+ERRORS_LISTED = 100
 
 
 def pipeline_stages(cfg: PipelineConfig) -> list[Stage]:
@@ -229,7 +231,7 @@ class RunSummary:
     retried: int = 0
     videos_ok: int = 0
     videos_error: int = 0
-    errors: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # the first ERRORS_LISTED failed videos: uri -> reason
     clips: int = 0
     clips_kept: int = 0
     clips_filtered: int = 0
@@ -445,16 +447,13 @@ def _run(
             manifest.rewrite_clips(store, stage.process_manifest, out_schema)
             metrics_data[stage.name] = {"clips": 0, "frames": 0, "busy_s": time.perf_counter() - t0}
 
-    videos, clips = manifest.read_dir(store, manifest.VIDEOS_DIR), manifest.read_dir(store, manifest.CLIPS_DIR)
-    _merge_previous(summary, store, metrics_data)
-    failed_clips = _summarise(summary, videos, clips, metrics_data, t_start)
-    store.write_bytes("summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True).encode())
-    from curate.report import write_report
+    from curate.report import collect, write_report
 
-    rules = [r for s in stages if s.name == "filter" for r in s.rules]
-    write_report(
-        cfg.output.path, store, rules=rules, manifests=(videos, clips), summary=summary.__dict__, source_s3=cfg.input.s3
-    )
+    stats = collect(store, rules=[r for s in stages if s.name == "filter" for r in s.rules])
+    _merge_previous(summary, store, metrics_data)
+    _summarise(summary, stats, metrics_data, t_start)
+    store.write_bytes("summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True).encode())
+    write_report(cfg.output.path, store, stats=stats, summary=summary.__dict__, source_s3=cfg.input.s3)
     shard_cfg = cfg.shard_config()
     if shard_cfg is not None:
         from curate.shard import write_shards
@@ -469,7 +468,7 @@ def _run(
     )
     for uri, err in list(summary.errors.items())[:20]:
         echo(f"curate: failed: {uri}: {err}")
-    for clip_id, errs in failed_clips[:20]:
+    for clip_id, errs in stats.failed_clips[:20]:
         echo(f"curate: clip failed: {clip_id}: {'; '.join(errs)}")
     if summary.exit_code:
         echo("curate: a rerun retries the failures that may pass (I/O, S3, stage errors); --no-retry-failed keeps them")
@@ -495,28 +494,16 @@ def _merge_previous(summary: RunSummary, store: Store, metrics: dict) -> None:
     summary.runs = (prev.get("runs") or 1) + 1
 
 
-def _summarise(
-    summary: RunSummary, videos: pa.Table | None, clips: pa.Table | None, metrics: dict, t_start: float
-) -> list[tuple[str, list[str]]]:
-    """Fill `summary` from the whole output's manifests; returns the clips a stage failed on."""
-    failed: list[tuple[str, list[str]]] = []
-    if videos is not None:
-        for v in videos.select(["source_uri", "status", "error"]).to_pylist():
-            if v["status"] == "ok":
-                summary.videos_ok += 1
-            else:
-                summary.videos_error += 1
-                summary.errors[v["source_uri"]] = v["error"]
-    if clips is not None:
-        rows = clips.select(["clip_id", "kept", "filter_reasons", "errors"]).to_pylist()
-        summary.clips = len(rows)
-        summary.clips_kept = sum(1 for r in rows if r["kept"])
-        summary.clips_filtered = summary.clips - summary.clips_kept
-        failed = [(r["clip_id"], r["errors"]) for r in rows if r["errors"]]
-        summary.clip_errors = len(failed)
-        for r in rows:
-            for reason in r["filter_reasons"] or []:
-                summary.filter_reasons[reason] = summary.filter_reasons.get(reason, 0) + 1
+def _summarise(summary: RunSummary, stats, metrics: dict, t_start: float) -> None:
+    """Fill `summary` from the whole output's manifests (as `report.collect` streamed them)."""
+    summary.videos_ok = stats.videos_ok
+    summary.videos_error = stats.videos - stats.videos_ok
+    summary.errors = dict(stats.failed[:ERRORS_LISTED])
+    summary.clips = stats.clips
+    summary.clips_kept = stats.kept
+    summary.clips_filtered = stats.clips - stats.kept
+    summary.clip_errors = stats.clip_errors
+    summary.filter_reasons = dict(stats.reasons)
     summary.stages = {
         name: {
             **d,
@@ -526,4 +513,3 @@ def _summarise(
         for name, d in metrics.items()
     }
     summary.wall_s = time.perf_counter() - t_start
-    return failed

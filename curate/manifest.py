@@ -58,10 +58,26 @@ def to_parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def _read(store: Store, rel: str, columns: list[str] | None = None) -> pa.Table:
-    """A Parquet file of the store, or the `columns` of it that it has."""
+def _read(store: Store, rel: str, columns=None) -> pa.Table:
+    """A Parquet file of the store, or the `columns` of it that it has (a list, or a function of
+    the file's schema giving one); only those columns are decoded."""
     f = pq.ParquetFile(io.BytesIO(store.read_bytes(rel)))
+    if callable(columns):
+        columns = columns(f.schema_arrow)
     return f.read(columns=None if columns is None else [c for c in columns if c in f.schema_arrow.names])
+
+
+def committed_parts(store: Store) -> list[str]:
+    """Names of the committed parts: those whose videos twin exists (the writer commits it last)."""
+    videos = set(store.list(VIDEOS_DIR))
+    return [n for n in store.list(CLIPS_DIR) if n.endswith(".parquet") and n in videos]
+
+
+def scan(store: Store, rel_dir: str, columns=None, parts: list[str] | None = None):
+    """The committed parts of `rel_dir` one at a time, only `columns` (as `_read` takes them):
+    global steps stream the manifest this way instead of holding every part at once."""
+    for name in parts if parts is not None else committed_parts(store):
+        yield _read(store, f"{rel_dir}/{name}", columns)
 
 
 def read_dir(store: Store, rel_dir: str) -> pa.Table | None:

@@ -11,16 +11,20 @@ plots inline SVG: the file opens anywhere, offline.
 from __future__ import annotations
 
 import base64
+import hashlib
+import heapq
 import html
 import json
 import math
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate import manifest
 from curate.record import CLIP_FIELDS
@@ -48,15 +52,12 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def score_columns(clips: pa.Table) -> list[str]:
-    """Numeric columns with at least one value: duration and every score a stage added."""
-    out = []
-    for f in clips.schema:
-        if f.name in _BASE and f.name not in _BASE_PLOTTED:
-            continue
-        if (pa.types.is_floating(f.type) or pa.types.is_integer(f.type)) and clips.column(f.name).null_count < len(clips):
-            out.append(f.name)
-    return out
+def score_columns(schema: pa.Schema) -> list[str]:
+    """Numeric columns worth a histogram: duration and every score a stage added."""
+    return [
+        f.name for f in schema
+        if (f.name not in _BASE or f.name in _BASE_PLOTTED) and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))
+    ]
 
 
 def thresholds(rules: list[str]) -> dict[str, list[tuple[str, float]]]:
@@ -79,46 +80,66 @@ def rules_from_reasons(reasons: Counter) -> list[str]:
     return sorted({r.removesuffix(" (missing)") for r in reasons})
 
 
+class Histogram:
+    """Counts of kept and filtered clips in `bins` equal bins over [lo, hi], filled a batch at a time."""
+
+    def __init__(self, lo: float, hi: float, bins: int = 30):
+        if hi - lo < 1e-12:
+            lo, hi = lo - 0.5, hi + 0.5
+        self.edges = np.linspace(lo, hi, bins + 1)
+        self.kept = np.zeros(bins, np.int64)
+        self.filtered = np.zeros(bins, np.int64)
+
+    def add(self, values, kept) -> None:
+        vals = np.asarray(values, dtype=float)
+        k = np.asarray(kept, dtype=bool)
+        ok = np.isfinite(vals)
+        self.kept += np.histogram(vals[ok & k], self.edges)[0]
+        self.filtered += np.histogram(vals[ok & ~k], self.edges)[0]
+
+    def svg(self, cuts: list[tuple[str, float]]) -> str:
+        """Kept (green) and filtered (grey) clips stacked per bin, thresholds as red dashed lines."""
+        W, H, PAD = 360, 150, 28
+        if not (self.kept.sum() + self.filtered.sum()):
+            return "<p class=muted>no values</p>"
+        lo, hi, bins = float(self.edges[0]), float(self.edges[-1]), len(self.kept)
+        hk, hf = self.kept, self.filtered
+        top = max(int((hk + hf).max()), 1)
+        bw = (W - 2 * PAD) / bins
+        x = lambda v: PAD + (v - lo) / (hi - lo) * (W - 2 * PAD)  # noqa: E731
+        y = lambda c: H - PAD - c / top * (H - 2 * PAD)  # noqa: E731
+        parts = [f'<svg class=hist width="{W}" height="{H}" viewBox="0 0 {W} {H}" xmlns="http://www.w3.org/2000/svg">']
+        for i in range(bins):
+            x0 = PAD + i * bw
+            if hf[i]:
+                parts.append(f'<rect x="{x0:.1f}" y="{y(hf[i]):.1f}" width="{bw - 1:.1f}" height="{y(0) - y(hf[i]):.1f}" fill="#9aa3ad"/>')
+            if hk[i]:
+                parts.append(
+                    f'<rect x="{x0:.1f}" y="{y(hf[i] + hk[i]):.1f}" width="{bw - 1:.1f}" height="{y(0) - y(hk[i]):.1f}" fill="#2e9e5b"/>'
+                )
+        parts.append(f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#333"/>')
+        for v, anchor in ((lo, "start"), (hi, "end")):
+            parts.append(f'<text x="{x(v):.1f}" y="{H - PAD + 14}" font-size="10" text-anchor="{anchor}">{_fmt(v)}</text>')
+        parts.append(f'<text x="{PAD - 4}" y="{y(top) + 4:.1f}" font-size="10" text-anchor="end">{top}</text>')
+        for op, v in cuts:
+            parts.append(
+                f'<line class=threshold x1="{x(v):.1f}" y1="{PAD - 12}" x2="{x(v):.1f}" y2="{H - PAD}" stroke="#d62728" stroke-width="2" stroke-dasharray="4 3"/>'
+                f'<text x="{x(v):.1f}" y="{PAD - 15}" font-size="10" fill="#d62728" text-anchor="middle">{_esc(op)} {_fmt(v)}</text>'
+            )
+        parts.append("</svg>")
+        return "".join(parts)
+
+
 def histogram_svg(values: list[float], kept: list[bool], cuts: list[tuple[str, float]], bins: int = 30) -> str:
-    """Kept (green) and filtered (grey) clips stacked per bin, thresholds as red dashed lines."""
-    W, H, PAD = 360, 150, 28
+    """One histogram of `values` (kept green, filtered grey), its range widened to the thresholds."""
     vals = np.array(values, dtype=float)
-    ok = np.isfinite(vals)
-    vals, kept_a = vals[ok], np.array(kept, dtype=bool)[ok]
+    vals = vals[np.isfinite(vals)]
     if not len(vals):
         return "<p class=muted>no values</p>"
-    lo, hi = float(vals.min()), float(vals.max())
-    for _, v in cuts:
-        lo, hi = min(lo, v), max(hi, v)
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, bins + 1)
-    hk, _ = np.histogram(vals[kept_a], edges)
-    hf, _ = np.histogram(vals[~kept_a], edges)
-    top = max(int((hk + hf).max()), 1)
-    bw = (W - 2 * PAD) / bins
-    x = lambda v: PAD + (v - lo) / (hi - lo) * (W - 2 * PAD)  # noqa: E731
-    y = lambda c: H - PAD - c / top * (H - 2 * PAD)  # noqa: E731
-    parts = [f'<svg class=hist width="{W}" height="{H}" viewBox="0 0 {W} {H}" xmlns="http://www.w3.org/2000/svg">']
-    for i in range(bins):
-        x0 = PAD + i * bw
-        if hf[i]:
-            parts.append(f'<rect x="{x0:.1f}" y="{y(hf[i]):.1f}" width="{bw - 1:.1f}" height="{y(0) - y(hf[i]):.1f}" fill="#9aa3ad"/>')
-        if hk[i]:
-            parts.append(
-                f'<rect x="{x0:.1f}" y="{y(hf[i] + hk[i]):.1f}" width="{bw - 1:.1f}" height="{y(0) - y(hk[i]):.1f}" fill="#2e9e5b"/>'
-            )
-    parts.append(f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#333"/>')
-    for v, anchor in ((lo, "start"), (hi, "end")):
-        parts.append(f'<text x="{x(v):.1f}" y="{H - PAD + 14}" font-size="10" text-anchor="{anchor}">{_fmt(v)}</text>')
-    parts.append(f'<text x="{PAD - 4}" y="{y(top) + 4:.1f}" font-size="10" text-anchor="end">{top}</text>')
-    for op, v in cuts:
-        parts.append(
-            f'<line class=threshold x1="{x(v):.1f}" y1="{PAD - 12}" x2="{x(v):.1f}" y2="{H - PAD}" stroke="#d62728" stroke-width="2" stroke-dasharray="4 3"/>'
-            f'<text x="{x(v):.1f}" y="{PAD - 15}" font-size="10" fill="#d62728" text-anchor="middle">{_esc(op)} {_fmt(v)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+    cut_values = [v for _, v in cuts]
+    h = Histogram(min([float(vals.min())] + cut_values), max([float(vals.max())] + cut_values), bins)
+    h.add(values, kept)
+    return h.svg(cuts)
 
 
 def _jpeg(rgb: np.ndarray, height: int = 96) -> str:
@@ -139,12 +160,15 @@ def clip_thumbnails(reader: WindowReader, row: dict, height: int = 96) -> list[n
     return out
 
 
+def sample_key(clip_id: str) -> str:
+    """Clips are sampled by the smallest hash of their id: the same sample every time, drawn while
+    streaming, and spread over the whole output whatever order its parts are in."""
+    return hashlib.sha1(clip_id.encode()).hexdigest()
+
+
 def sample_rows(rows: list[dict], k: int) -> list[dict]:
-    """k rows spread evenly over the clips in id order: the same sample every time."""
-    rows = sorted(rows, key=lambda r: r["clip_id"])
-    if len(rows) <= k:
-        return rows
-    return [rows[round(i * (len(rows) - 1) / (k - 1))] for i in range(k)] if k > 1 else rows[:1]
+    """The k rows with the smallest `sample_key`, in clip id order."""
+    return sorted(heapq.nsmallest(k, rows, key=lambda r: sample_key(r["clip_id"])), key=lambda r: r["clip_id"])
 
 
 def _clip_cards(rows: list[dict], cols: list[str], source_s3: S3Config) -> str:
@@ -190,28 +214,108 @@ figcaption{font-size:13px;font-weight:600} .cards{display:flex;flex-wrap:wrap;ga
 """
 
 
-def render(
-    videos: pa.Table | None,
-    clips: pa.Table | None,
-    rules: list[str],
-    summary: dict,
-    store: Store,
-    source_s3: S3Config,
-    sample: int = 8,
-) -> str:
-    vrows = videos.to_pylist() if videos is not None else []
-    crows = clips.to_pylist() if clips is not None else []
-    ok = [v for v in vrows if v["status"] == "ok"]
-    failed = [v for v in vrows if v["status"] != "ok"]
-    scenes = sum(len(v["scenes"] or []) for v in ok)
-    kept = [c for c in crows if c["kept"]]
-    reasons = Counter(x for c in crows for x in c["filter_reasons"] or [])
-    rules = rules or rules_from_reasons(reasons)
-    cuts = thresholds(rules)
-    cols = score_columns(clips) if clips is not None else []
+@dataclass
+class ManifestStats:
+    """What an output's manifests hold, gathered by streaming them a part at a time (column-selected):
+    counts, filter reasons, failures (the first `FAILURES_SHOWN` named), score histograms, and a
+    sample of kept and of filtered clips."""
 
-    funnel_steps = [("videos", len(vrows), f"({len(ok)} decoded, {len(failed)} failed)"), ("scenes", scenes, "detected shots"),
-                    ("clips", len(crows), "after shaping"), ("kept", len(kept), "after filtering")]
+    videos: int = 0
+    videos_ok: int = 0
+    scenes: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (source_uri, error)
+    clips: int = 0
+    kept: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    clip_errors: int = 0
+    failed_clips: list[tuple[str, list[str]]] = field(default_factory=list)  # (clip_id, errors)
+    rules: list[str] = field(default_factory=list)  # drawn as thresholds
+    columns: list[str] = field(default_factory=list)  # numeric columns, histogrammed
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+    kept_sample: list[dict] = field(default_factory=list)
+    filtered_sample: list[dict] = field(default_factory=list)
+
+
+FAILURES_SHOWN = 200
+# What a clip card shows besides the scores.
+_CARD_COLUMNS = ["clip_id", "source_uri", "start_s", "end_s", "pts_offset_s", "stream_index", "kept", "filter_reasons", "caption"]
+
+
+def collect(store: Store, rules: list[str] | None = None, sample: int = 8, bins: int = 30) -> ManifestStats:
+    """Stream the committed manifests of `store` into ManifestStats: one pass over the videos'
+    small columns, two over the clips' (counts and bounds, then histogram bins and the sampled
+    rows). Memory stays that of one part and the sample, however large the output. `rules` are
+    the thresholds to draw (default: the rules the clips' filter reasons name)."""
+    st = ManifestStats()
+    parts = manifest.committed_parts(store)
+    for t in manifest.scan(store, manifest.VIDEOS_DIR, ["source_uri", "status", "error", "scenes"], parts):
+        ok = pc.equal(t.column("status"), "ok")
+        st.videos += t.num_rows
+        st.videos_ok += pc.sum(ok).as_py() or 0
+        st.scenes += pc.sum(pc.list_value_length(t.filter(ok).column("scenes"))).as_py() or 0
+        for r in t.filter(pc.invert(ok)).select(["source_uri", "error"]).to_pylist():
+            if len(st.failed) < FAILURES_SHOWN:
+                st.failed.append((r["source_uri"], r["error"]))
+
+    bounds: dict[str, list[float]] = {}
+    heaps: dict[bool, list] = {True: [], False: []}
+    wanted = lambda schema: ["clip_id", "kept", "filter_reasons", "errors", *score_columns(schema)]  # noqa: E731
+    for t in manifest.scan(store, manifest.CLIPS_DIR, wanted, parts):
+        for c in score_columns(t.schema):
+            bounds.setdefault(c, [math.inf, -math.inf])
+        kept = t.column("kept").to_pylist()
+        st.clips += t.num_rows
+        st.kept += sum(bool(k) for k in kept)
+        for r in t.select(["clip_id", "filter_reasons", "errors"]).to_pylist():
+            st.reasons.update(r["filter_reasons"] or [])
+            if r["errors"]:
+                st.clip_errors += 1
+                if len(st.failed_clips) < FAILURES_SHOWN:
+                    st.failed_clips.append((r["clip_id"], r["errors"]))
+        for c, b in bounds.items():
+            if c in t.column_names:
+                mm = pc.min_max(pc.cast(t.column(c), pa.float64()))
+                lo, hi = mm["min"].as_py(), mm["max"].as_py()
+                if lo is not None and math.isfinite(lo) and math.isfinite(hi):
+                    b[0], b[1] = min(b[0], lo), max(b[1], hi)
+        for cid, k in zip(t.column("clip_id").to_pylist(), kept):
+            entry = (-int(sample_key(cid)[:15], 16), cid)  # a max-heap of the smallest keys
+            heap = heaps[bool(k)]
+            if len(heap) < sample:
+                heapq.heappush(heap, entry)
+            elif entry > heap[0]:
+                heapq.heapreplace(heap, entry)
+    st.columns = [c for c, b in bounds.items() if b[0] <= b[1]]
+    st.rules = list(rules or rules_from_reasons(st.reasons))
+    for c, cuts in thresholds(st.rules).items():  # each histogram's range holds its thresholds
+        if c in st.columns:
+            bounds[c] = [min([bounds[c][0]] + [v for _, v in cuts]), max([bounds[c][1]] + [v for _, v in cuts])]
+    return _histograms_and_samples(store, parts, st, bounds, heaps, bins)
+
+
+def _histograms_and_samples(store: Store, parts: list[str], st: ManifestStats, bounds, heaps, bins: int) -> ManifestStats:
+    """Second pass: histogram bins over the bounds found, and the sampled clips' rows."""
+    st.histograms = {c: Histogram(*bounds[c], bins) for c in st.columns}
+    ids = pa.array([cid for heap in heaps.values() for _, cid in heap], pa.string())
+    rows = []
+    for t in manifest.scan(store, manifest.CLIPS_DIR, ["kept", *st.columns, *_CARD_COLUMNS], parts):
+        kept = t.column("kept").to_numpy(zero_copy_only=False).astype(bool)
+        for c in st.columns:
+            if c in t.column_names:
+                st.histograms[c].add(pc.fill_null(pc.cast(t.column(c), pa.float64()), math.nan).to_numpy(zero_copy_only=False), kept)
+        rows += t.filter(pc.is_in(t.column("clip_id"), ids)).to_pylist()
+    rows.sort(key=lambda r: r["clip_id"])
+    st.kept_sample = [r for r in rows if r["kept"]]
+    st.filtered_sample = [r for r in rows if not r["kept"]]
+    return st
+
+
+def render(st: ManifestStats, summary: dict, store: Store, source_s3: S3Config) -> str:
+    rules = st.rules
+    cuts = thresholds(rules)
+    funnel_steps = [("videos", st.videos, f"({st.videos_ok} decoded, {st.videos - st.videos_ok} failed)"),
+                    ("scenes", st.scenes, "detected shots"), ("clips", st.clips, "after shaping"),
+                    ("kept", st.kept, "after filtering")]
     top = max([n for _, n, _ in funnel_steps] + [1])
     funnel = "".join(
         f'<div class="bar{" kept" if name == "kept" else ""}" style="width:{max(4, 600 * n / top):.0f}px">'
@@ -219,24 +323,22 @@ def render(
         for name, n, note in funnel_steps
     )
     hists = "".join(
-        f"<figure><figcaption>{_esc(c)}</figcaption>"
-        + histogram_svg([r[c] if r[c] is not None else float("nan") for r in crows], [r["kept"] for r in crows], cuts.get(c, []))
-        + "</figure>"
-        for c in cols
+        f"<figure><figcaption>{_esc(c)}</figcaption>" + st.histograms[c].svg(cuts.get(c, [])) + "</figure>"
+        for c in st.columns
     ) or "<p class=muted>no scores in this run</p>"
     reason_rows = "".join(
-        f"<tr><td>{_esc(r)}</td><td>{n}</td><td>{100 * n / max(len(crows), 1):.1f}%</td></tr>" for r, n in reasons.most_common()
+        f"<tr><td>{_esc(r)}</td><td>{n}</td><td>{100 * n / max(st.clips, 1):.1f}%</td></tr>" for r, n in st.reasons.most_common()
     ) or "<tr><td colspan=3 class=muted>no clip was filtered</td></tr>"
     rule_list = ", ".join(f"<code>{_esc(r)}</code>" for r in rules) or "none"
-    error_rows = "".join(f"<tr><td>{_esc(v['source_uri'])}</td><td>{_esc(v['error'])}</td></tr>" for v in failed[:200])
+    failed = st.videos - st.videos_ok
+    more = f"<p class=muted>the first {len(st.failed)} of {failed}</p>" if failed > len(st.failed) else ""
+    error_rows = "".join(f"<tr><td>{_esc(uri)}</td><td>{_esc(err)}</td></tr>" for uri, err in st.failed)
     stage_rows = "".join(
         f"<tr><td>{_esc(name)}</td><td>{d.get('clips', 0)}</td><td>{d.get('frames', 0)}</td><td>{d.get('busy_s', 0):.1f}</td>"
         f"<td>{_fmt(d.get('clips_per_s'))}</td><td>{_fmt(d.get('frames_per_s'))}</td></tr>"
         for name, d in (summary.get("stages") or {}).items()
     )
-    score_cols = [c for c in cols if c not in _BASE]
-    kept_sample = sample_rows(kept, sample)
-    filtered_sample = sample_rows([c for c in crows if not c["kept"]], sample)
+    score_cols = [c for c in st.columns if c not in _BASE]
     wall = f" in {summary['wall_s']:.1f}s" if summary.get("wall_s") else ""
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>curate run report</title><style>{_CSS}</style></head><body>
@@ -246,12 +348,12 @@ def render(
 <h2 id=scores>Scores</h2><p class=muted>kept clips green, filtered grey; red dashed lines: filter thresholds. Rules: {rule_list}</p>
 <div class=hists>{hists}</div>
 <h2 id=reasons>Filter reasons</h2><table><tr><th>reason</th><th>clips</th><th>share</th></tr>{reason_rows}</table>
-{"<h2 id=errors>Failed videos</h2><table><tr><th>video</th><th>error</th></tr>" + error_rows + "</table>" if failed else ""}
+{"<h2 id=errors>Failed videos</h2>" + more + "<table><tr><th>video</th><th>error</th></tr>" + error_rows + "</table>" if failed else ""}
 {"<h2 id=stages>Stages</h2><table><tr><th>stage</th><th>clips</th><th>frames</th><th>busy s</th><th>clips/s</th><th>frames/s</th></tr>" + stage_rows + "</table>" if stage_rows else ""}
-<h2 id=kept>Kept clips</h2><p class=muted>{len(kept_sample)} of {len(kept)}: first, middle and last frame</p>
-<div class=cards>{_clip_cards(kept_sample, score_cols, source_s3)}</div>
-<h2 id=filtered>Filtered clips</h2><p class=muted>{len(filtered_sample)} of {len(crows) - len(kept)}</p>
-<div class=cards>{_clip_cards(filtered_sample, score_cols, source_s3)}</div>
+<h2 id=kept>Kept clips</h2><p class=muted>{len(st.kept_sample)} of {st.kept}: first, middle and last frame</p>
+<div class=cards>{_clip_cards(st.kept_sample, score_cols, source_s3)}</div>
+<h2 id=filtered>Filtered clips</h2><p class=muted>{len(st.filtered_sample)} of {st.clips - st.kept}</p>
+<div class=cards>{_clip_cards(st.filtered_sample, score_cols, source_s3)}</div>
 </body></html>
 """
 
@@ -261,22 +363,22 @@ def write_report(
     store: Store | None = None,
     rules: list[str] | None = None,
     sample: int = 8,
-    manifests: tuple[pa.Table | None, pa.Table | None] | None = None,
+    stats: ManifestStats | None = None,
     summary: dict | None = None,
     source_s3: S3Config | None = None,
 ) -> str:
     """Write OUTPUT/report.html for the run at `output_path`; returns its location.
 
     `rules` are the filter rules the run applied (thresholds drawn on the histograms); without
-    them, the rules named in the clips' filter reasons are drawn. A run passes the (videos, clips)
-    manifests and summary it already holds; otherwise they are read from the output. Thumbnails read
-    the source videos with `source_s3` (the pipeline's input.s3; default the output's settings)."""
+    them, the rules named in the clips' filter reasons are drawn. A run passes the stats (which
+    hold its rules) and summary it already has; otherwise they are read from the output. Thumbnails read the source
+    videos with `source_s3` (the pipeline's input.s3; default the output's settings)."""
     store = store or Store(output_path)
-    if manifests is None:
-        manifests = (manifest.read_dir(store, manifest.VIDEOS_DIR), manifest.read_dir(store, manifest.CLIPS_DIR))
+    stats = stats or collect(store, rules, sample)
     if summary is None:
-        summary = json.loads(store.read_bytes("summary.json")) if "summary.json" in store.list("") else {}
-    page = render(*manifests, list(rules or []), summary, store, source_s3 or store.cfg, sample)
+        data = store.read_if_exists("summary.json")
+        summary = json.loads(data) if data else {}
+    page = render(stats, summary, store, source_s3 or store.cfg)
     store.write_bytes("report.html", page.encode("utf-8"))
     return store.uri("report.html")
 

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
 from curate.config import S3Config
-from curate.record import TRANSIENT_NAMES
+from curate.record import CLIP_FIELDS, TRANSIENT_NAMES
 from curate.storage import Store, is_s3, local_copy, read_s3
 
 MEMBERS = ("mp4", "json", "txt")
@@ -185,7 +185,7 @@ class _TarShards:
 
     def __init__(self, store: Store, bucket: str, target_size: int, tmpdir: str):
         self.store, self.bucket, self.target = store, bucket, target_size
-        self.local = os.path.join(tmpdir, "shard.tar")
+        self.local = os.path.join(tmpdir, bucket.replace("/", "__") + ".tar")
         self.count = 0
         self.tar: tarfile.TarFile | None = None
         self.written: list[str] = []
@@ -221,39 +221,52 @@ class _TarShards:
 def write_shards(output_dir: str, shard_cfg: ShardConfig | dict | None = None) -> dict:
     """Shard the kept clips of a finished pipeline OUTPUT; returns counts for the log.
 
+    The manifest is streamed a committed part at a time: each clip goes to its bucket's open shard
+    (one tar per bucket on local disk, uploaded when full) and its index row is appended to
+    index.parquet as it goes, so memory holds a part and the open shards, however many clips.
     Re-running replaces the previous shards: shards of the old index that the new run did not
     write again are deleted once the new index is committed.
     """
+    from curate import manifest
+
     cfg = shard_cfg if isinstance(shard_cfg, ShardConfig) else ShardConfig.model_validate(shard_cfg or {})
     out = cfg.out or output_dir.rstrip("/") + "/shards"
     store = Store(out, cfg.s3)
-    table = read_manifest(output_dir, cfg.s3)
-    rows = select_clips(table, cfg.rules)
-    by_bucket: dict[str, list[dict]] = {}
-    for row in rows:
-        by_bucket.setdefault(bucket_of(row, cfg), []).append(row)
-
+    source = Store(output_dir, cfg.s3)
+    parts = manifest.committed_parts(source)
+    if not parts:
+        raise FileNotFoundError(f"{output_dir}: no committed clips manifest parts under {manifest.CLIPS_DIR}/")
     old = _old_shards(store)
-    index: list[dict] = []
-    written: list[str] = []
-
+    writers: dict[str, _TarShards] = {}
+    clips = 0
     with tempfile.TemporaryDirectory(prefix="curate-shard-") as tmpdir:
-        for bucket in sorted(by_bucket):
-            writer = _TarShards(store, bucket, int(cfg.target_size), tmpdir)
-            bucket_rows = by_bucket[bucket]
-            samples = _ordered_map(lambda r: sample_members(r, cfg, tmpdir), bucket_rows, cfg.workers)
-            for row, sample in zip(bucket_rows, samples):
-                index.append({**row, **writer.add(row["clip_id"], sample)})
-            writer.close()
-            written += writer.written
-
-    schema = _index_schema(table.schema)
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(index, schema=schema), buf)
-    store.write_bytes("index.parquet", buf.getvalue())
+        index_path = os.path.join(tmpdir, "index.parquet")
+        index = None
+        for table in manifest.scan(source, manifest.CLIPS_DIR, None, parts):
+            rows = select_clips(table, cfg.rules)
+            if not rows:
+                continue
+            if index is None:
+                schema = _index_schema(table.schema)
+                index = pq.ParquetWriter(index_path, schema)
+            locs = []
+            for row, sample in zip(rows, _ordered_map(lambda r: sample_members(r, cfg, tmpdir), rows, cfg.workers)):
+                bucket = bucket_of(row, cfg)
+                writer = writers.get(bucket) or writers.setdefault(bucket, _TarShards(store, bucket, int(cfg.target_size), tmpdir))
+                locs.append({**row, **writer.add(row["clip_id"], sample)})
+            index.write_table(pa.Table.from_pylist(locs, schema=schema))
+            clips += len(locs)
+        written = []
+        for bucket in sorted(writers):
+            writers[bucket].close()
+            written += writers[bucket].written
+        if index is None:
+            index = pq.ParquetWriter(index_path, _index_schema(pa.schema(CLIP_FIELDS)))
+        index.close()
+        store.upload_file("index.parquet", index_path)
     for rel in sorted(set(old) - set(written)):
         store.delete(rel)
-    return {"clips": len(index), "shards": len(written), "buckets": len(by_bucket), "out": out}
+    return {"clips": clips, "shards": len(written), "buckets": len(writers), "out": out}
 
 
 def _index_schema(manifest: pa.Schema) -> pa.Schema:

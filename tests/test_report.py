@@ -64,10 +64,11 @@ def test_histogram_draws_thresholds_and_counts():
     }
 
 
-def test_sample_is_spread_and_stable():
-    rows = [{"clip_id": f"c{i:02d}"} for i in range(20)]
-    picked = [r["clip_id"] for r in sample_rows(rows[::-1], 4)]
-    assert picked == ["c00", "c06", "c13", "c19"]
+def test_sample_is_stable_whatever_the_order():
+    rows = [{"clip_id": f"c{i:03d}"} for i in range(200)]
+    picked = [r["clip_id"] for r in sample_rows(rows[::-1], 8)]
+    assert picked == [r["clip_id"] for r in sample_rows(rows, 8)] == sorted(picked) and len(set(picked)) == 8
+    assert max(picked) > "c100" > min(picked)  # drawn from the whole range, not its start
     assert sample_rows(rows[:3], 8) == rows[:3]
 
 
