@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import time
 
 from curate.config import ConfigError, load_config
+from curate.progress import Progress, quiet_ray
+from curate.storage import is_s3
 
 
 def fail(msg: str, code: int = 2) -> int:
@@ -49,6 +54,20 @@ def cmd_models(args) -> int:
     return 1 if missing else 0
 
 
+@contextlib.contextmanager
+def _console(output: str, verbose: bool):
+    """(stream for curate's own progress, path of Ray's log or None): Ray's log lines go to
+    OUTPUT/logs/ (a local output) or ~/.cache/curate/logs/ (an S3 one) unless `verbose`."""
+    if verbose:
+        yield sys.stderr, None
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(os.path.expanduser("~/.cache/curate"), "logs") if is_s3(output) else os.path.join(output, "logs")
+    log_path = os.path.join(base, f"run-{stamp}-{os.getpid()}.log")
+    with quiet_ray(log_path) as stream:
+        yield stream, log_path
+
+
 def cmd_run(args) -> int:
     """Exit codes: 0 all done; 3 some inputs failed; 2 bad configuration, a missing model, an
     unusable output or one another run holds, found before any work; 1 the run stopped midway
@@ -64,7 +83,12 @@ def cmd_run(args) -> int:
         from curate.engine import run_pipeline
 
         # run_pipeline resolves every model before any work: a missing one ends here in one line.
-        summary = run_pipeline(cfg, address=args.address, retry_failed=args.retry_failed, force=args.force)
+        with _console(cfg.output.path, args.verbose) as (stream, log_path):
+            progress = Progress(live=stream.isatty(), stage_rates=args.stage_rates, stream=stream)
+            summary = run_pipeline(cfg, address=args.address, retry_failed=args.retry_failed, force=args.force,
+                                   progress=progress, verbose=args.verbose)
+        if log_path:
+            print(f"curate: Ray's own log lines are in {log_path} (--verbose shows them)")
     except (ConfigError, ModelNotFound, LeaseHeld) as e:
         return fail(str(e))
     except (S3Unavailable, LeaseLost) as e:
@@ -96,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep earlier error rows instead of redoing videos that failed for a reason that may pass and clips a stage failed on",
     )
     run.add_argument("--force", action="store_true", help="take over the output from a run that still holds its lease")
+    run.add_argument("--verbose", action="store_true", help="show Ray's own log lines instead of writing them to OUTPUT/logs/")
+    run.add_argument("--stage-rates", action="store_true", help="show each stage's clips per second while the run goes")
     pipeline_cmd("validate", cmd_validate, "check a pipeline file without running it")
     pipeline_cmd("models", cmd_models, "list the models a pipeline needs and where they resolve")
     from curate import eval_shots, report

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from curate.record import (
     video_id_for,
 )
 from curate.shots import resolve_detector_kind, transnetv2_ref
+from curate.progress import Progress
 from curate.sink import Committer, FragmentTarget
 from curate.sources import check_sources, iter_sources
 from curate.stage import GlobalStage, Stage
@@ -249,15 +249,16 @@ class RunSummary:
         return 3 if self.videos_error or self.clip_errors else 0
 
 
-def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
+def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage], log_to_driver: bool = True):
+    """Join `address` (or the cluster a `ray job submit` driver finds in RAY_ADDRESS), or start an
+    embedded Ray on loopback. `log_to_driver`: forward the workers' output to this process."""
     import ray
 
     if ray.is_initialized():
         return ray
-    # A driver that `ray job submit` started finds its cluster in RAY_ADDRESS.
     address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=log_to_driver)
         return ray
     # Embedded local Ray: loopback only, bounded object store. Ray reads this switch once, when it is
     # imported, and without it rewrites 127.0.0.1 to the machine's address and binds its servers on
@@ -276,19 +277,9 @@ def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
         include_dashboard=False,
         configure_logging=True,
         logging_level=logging.WARNING,
+        log_to_driver=log_to_driver,
     )
     return ray
-
-
-def _progress_line(counts, total: int, elapsed: float, metrics: dict) -> str:
-    parts = [f"videos {counts.videos}/{total} ({counts.errors} failed)", f"clips {counts.clips}", f"{elapsed:.0f}s"]
-    for name, d in metrics.items():
-        busy = d["busy_s"] or float("nan")
-        if name == "split":
-            parts.append(f"split: {d['frames']} frames ({d['frames'] / busy:.0f}/s per worker)")
-        else:
-            parts.append(f"{name}: {d['clips']} clips ({d['clips'] / busy:.1f}/s per worker)")
-    return " | ".join(parts)
 
 
 def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage], pending: list[str], weights: dict, committer: Committer):
@@ -299,7 +290,7 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False
     ctx.target_max_block_size = cfg.ray.block_mb * 1024**2
-    ctx.enable_progress_bars = sys.stderr.isatty()
+    ctx.enable_progress_bars = False  # curate.progress shows the run
     gpus = _gpu_count(ray)
     transnet_weights = weights.get(transnetv2_ref(cfg.shots).name) if cfg.shots.detector == "transnetv2" else None
     sink = committer.target(driver_schema(stages).names)
@@ -352,6 +343,8 @@ def run_pipeline(
     retry_failed: bool = True,
     force: bool = False,
     lease_ttl_s: float = manifest.LEASE_TTL_S,
+    progress: Progress | None = None,
+    verbose: bool = True,
 ) -> RunSummary:
     """Run a pipeline into `cfg.output.path`, resuming whatever is already there.
 
@@ -359,7 +352,9 @@ def run_pipeline(
     and its lease taken (ConfigError, ModelNotFound, LeaseHeld). `retry_failed` redoes videos that
     failed for a reason that may pass and videos with a failed clip; `force` takes over the lease of
     a run that still looks alive. Mid-run, LeaseLost, S3Unavailable or an OSError (disk full) stop
-    the run with nothing half-written; a rerun resumes."""
+    the run with nothing half-written; a rerun resumes. `progress` shows the run as it goes
+    (default: a plain line per event through `echo`); without `verbose`, workers' output stays in
+    Ray's log files instead of being forwarded to this process."""
     t_start = time.perf_counter()
     stages = pipeline_stages(cfg)
     # Every model is found (or downloaded) before any work: a missing one fails here, not midway.
@@ -374,9 +369,11 @@ def run_pipeline(
     except OSError as e:  # read-only place, full disk, no permission
         raise ConfigError(f"output.path: cannot write to '{store.root}' ({e.strerror or e})") from None
     try:
-        return _run(cfg, address, echo, retry_failed, stages, weights, store, lease, t_start)
+        return _run(cfg, address, echo, retry_failed, stages, weights, store, lease, t_start, progress or Progress(echo), verbose)
     finally:
         lease.release()
+        if progress is not None:
+            progress.close()
 
 
 def _pages(uris, size: int):
@@ -392,7 +389,7 @@ def _pages(uris, size: int):
 
 def _run(
     cfg: PipelineConfig, address, echo, retry_failed: bool, stages: list[Stage], weights: dict, store: Store,
-    lease: manifest.Lease, t_start: float,
+    lease: manifest.Lease, t_start: float, progress: Progress, verbose: bool,
 ) -> RunSummary:
     """The run proper, holding the lease: sources listed a page at a time, each page's pending
     videos run through Ray Data, rows written by the workers (curate.sink), counts to the driver."""
@@ -404,7 +401,6 @@ def _run(
     flowing = [s for s in stages if not isinstance(s, GlobalStage)]
     metrics_data: dict = {}
     committer = ray = None
-    last = 0.0
     for page, is_last in _pages(iter_sources(cfg.input), cfg.input.page_size):
         ids = pa.array([video_id_for(u) for u in page], pa.string())
         pending = [u for u, skip in zip(page, pc.is_in(ids, value_set=done).to_pylist()) if not skip]
@@ -412,33 +408,29 @@ def _run(
         summary.skipped_done += len(page) - len(pending)
         retried = pc.sum(pc.is_in(pa.array([video_id_for(u) for u in pending], pa.string()), value_set=known)).as_py() or 0
         summary.retried += retried
-        more = "" if is_last else " so far (listing goes on)"
-        again = f" ({summary.retried} failed before: retried)" if summary.retried else ""
-        echo(f"curate: {summary.inputs} inputs{more}, {summary.skipped_done} already done, "
-             f"{summary.inputs - summary.skipped_done} to process{again}")
+        progress.listing(summary.inputs, summary.skipped_done, summary.retried, is_last)
         if not pending:
             continue
         if ray is None:
             t_ray = time.perf_counter()
-            ray = init_ray(cfg, address, stages)
+            ray = init_ray(cfg, address, stages, log_to_driver=verbose)
             summary.ray_start_s = time.perf_counter() - t_ray
             # Resolved once, from the cluster's GPUs: `auto` would otherwise import torch in every decode
             # worker (and in this driver) to look for one.
             summary.detector = resolve_detector_kind(cfg.shots, _gpu_count(ray))
             cfg = cfg.model_copy(update={"shots": cfg.shots.model_copy(update={"detector": summary.detector})})
             committer = Committer(ray, store, out_schema, cfg.output.videos_per_part, cfg.output.flush_interval_s,
-                                  lease, resume.attempts, manifest.new_run_token())
+                                  lease, resume.attempts, manifest.new_run_token(), on_failed=progress.failed)
         for report in _dataset(ray, cfg, stages, flowing, pending, weights, committer).iter_batches(batch_size=None, batch_format="pyarrow"):
             committer.add(report)
-            now = time.perf_counter()
-            if now - last > 5:
-                last = now
-                echo("curate: " + _progress_line(committer.counts, summary.inputs - summary.skipped_done, now - t_start, committer.busy))
+            progress.update(committer.counts, committer.busy)
     if committer is not None:
         committer.close()
+        progress.update(committer.counts, committer.busy)
         metrics_data = committer.busy
         if summary.retried:
             manifest.recover(store)  # the retried videos' new rows supersede the old
+    progress.close()
 
     for stage in stages:
         if isinstance(stage, GlobalStage):
@@ -466,8 +458,8 @@ def _run(
         f"{summary.clips} clips ({summary.clips_kept} kept, {summary.clips_filtered} filtered, "
         f"{summary.clip_errors} failed in a stage) -> {cfg.output.path}"
     )
-    for uri, err in list(summary.errors.items())[:20]:
-        echo(f"curate: failed: {uri}: {err}")
+    if summary.videos_error:
+        echo(f"curate: {summary.videos_error} videos failed (named in summary.json and report.html)")
     for clip_id, errs in stats.failed_clips[:20]:
         echo(f"curate: clip failed: {clip_id}: {'; '.join(errs)}")
     if summary.exit_code:

@@ -39,6 +39,8 @@ REPORT_SCHEMA = pa.schema([
     pa.field("clip_rows", pa.int64()),
     pa.field("emitted", pa.int64()),  # on the video's own row: how many clip rows it announced
     pa.field("status", pa.string()),
+    pa.field("error", pa.string()),  # a failed video's reason (and its source), for the progress display
+    pa.field("source_uri", pa.string()),
     pa.field("kept", pa.int64()),
     pa.field("clip_errors", pa.int64()),
     pa.field("busy", pa.string()),  # JSON of this batch's per-stage work, on the first row only
@@ -102,9 +104,12 @@ def write_fragment(table: pa.Table, target: FragmentTarget) -> pa.Table:
             d["busy_s"] += e["seconds"]
     per_video: dict[str, dict] = {}
     for r in table.select(["video_id", "clip_id", "kept", "errors", "video", "emitted_clips"]).to_pylist():
-        v = per_video.setdefault(r["video_id"], {"clip_rows": 0, "emitted": None, "status": None, "kept": 0, "clip_errors": 0})
+        v = per_video.setdefault(r["video_id"], {"clip_rows": 0, "emitted": None, "status": None, "error": None,
+                                                 "source_uri": None, "kept": 0, "clip_errors": 0})
         if r["clip_id"] is None:
             v["emitted"], v["status"] = r["emitted_clips"], r["video"]["status"]
+            if v["status"] != "ok":
+                v["error"], v["source_uri"] = r["video"]["error"], r["video"]["source_uri"]
         else:
             v["clip_rows"] += 1
             v["kept"] += bool(r["kept"])
@@ -188,7 +193,7 @@ class Committer:
     `attempts(video_ids)` gives the earlier attempts of each (0 for a first run) for the videos rows."""
 
     def __init__(self, ray, store: Store, clip_schema: pa.Schema, videos_per_part: int, flush_interval_s: float,
-                 lease: manifest.Lease | None, attempts, run_token: str):
+                 lease: manifest.Lease | None, attempts, run_token: str, on_failed=None):
         self.ray = ray
         self.store = store
         self.clip_schema = clip_schema
@@ -196,6 +201,7 @@ class Committer:
         self.flush_interval_s = flush_interval_s
         self.lease = lease
         self.attempts = attempts
+        self.on_failed = on_failed  # called with (source_uri, error) for each video that failed
         self.run_token = run_token
         self.run_dir = f"{manifest.STAGING_DIR}/{run_token}"
         self.s3_json = store.cfg.model_dump_json()
@@ -231,6 +237,8 @@ class Committer:
             v.clip_errors += r["clip_errors"]
             if r["emitted"] is not None:
                 v.emitted, v.status = r["emitted"], r["status"]
+                if r["error"] is not None and self.on_failed is not None:
+                    self.on_failed(r["source_uri"], r["error"])
             if v.complete:
                 self.ready.append((r["video_id"], self.open.pop(r["video_id"])))
                 self.ready_since = self.ready_since or time.monotonic()
@@ -290,4 +298,6 @@ class Committer:
         if self.open:
             missing = ", ".join(sorted(self.open)[:5])
             raise RuntimeError(f"{len(self.open)} videos never completed (first: {missing})")
-        self.store.delete_tree(self.run_dir)  # fragments of retried tasks that were never reported
+        # Fragments of retried tasks that were never reported; the whole staging area, as this run
+        # holds the output's lease (no other run can be writing there).
+        self.store.delete_tree(manifest.STAGING_DIR)

