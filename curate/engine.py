@@ -24,6 +24,7 @@ from curate import manifest
 from curate.config import ConfigError, PipelineConfig
 from curate.models import ModelRef, fetch
 from curate.record import (
+    ERRORS_FIELD,
     TRANSIENT_NAMES,
     clip_schema,
     from_table,
@@ -37,7 +38,6 @@ from curate.storage import SourceUnreadable, Store, local_copy
 
 log = logging.getLogger("curate")
 
-ERRORS_FIELD = pa.field("errors", pa.list_(pa.string()))
 # On a failed video's record: whether the failure may pass on a rerun (manifest.VIDEOS_SCHEMA).
 RETRYABLE_FIELD = pa.field("retryable", pa.bool_())
 # Transient columns the driver needs besides the manifest's (the last operator drops all others).

@@ -67,6 +67,13 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field("kept", pa.bool_()),
     pa.field("filter_reasons", pa.list_(pa.string())),
 ]
+# `stage: Type: message` for every stage that failed on the clip (engine.StageRunner); after the
+# base columns, before every stage's own.
+ERRORS_FIELD = pa.field("errors", pa.list_(pa.string()))
+# List columns that hold a collection (the rules a clip failed, the stages that failed on it, the
+# scenes detected): empty, never null, so `len(errors) = 0` selects the clean rows in SQL, polars or
+# pandas. A vector column (`clip_embedding`) stays null where it was not computed.
+COLLECTION_COLUMNS = frozenset({"filter_reasons", "errors", "scenes"})
 
 ARRAY_TYPE = pa.struct([pa.field("data", pa.binary()), pa.field("shape", pa.list_(pa.int32()))])
 
@@ -119,7 +126,9 @@ def unpack_array(d: dict | None) -> np.ndarray | None:
 
 
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    """Rows (with unpacked arrays) to an Arrow table of exactly `schema`; missing keys become nulls."""
+    """Rows (with unpacked arrays) to an Arrow table of exactly `schema`; missing keys become nulls,
+    except in COLLECTION_COLUMNS, where they become empty lists."""
+    collections = [n for n in schema.names if n in COLLECTION_COLUMNS]
     packed = []
     for r in rows:
         p = dict(r)
@@ -127,6 +136,9 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
             v = p.get(name)
             if isinstance(v, np.ndarray):
                 p[name] = pack_array(v)
+        for name in collections:
+            if p.get(name) is None:
+                p[name] = []
         packed.append(p)
     return pa.Table.from_pylist(packed, schema=schema)
 
