@@ -1,4 +1,4 @@
-"""`curate` command line: run, validate, models, report, eval-shots, and the trainer's shard/train/sample."""
+"""`curate` command line: run, validate, models, report, export, eval-shots, and the trainer's shard/train/sample."""
 
 from __future__ import annotations
 
@@ -106,10 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline_cmd("validate", cmd_validate, "check a pipeline file without running it")
     pipeline_cmd("models", cmd_models, "list the models a pipeline needs and where they resolve")
-    from curate import eval_shots, report
+    from curate import eval_shots, export, report
     from curate.train import cli as train_cli
 
     report.register(sub)
+    export.register(sub)
     eval_shots.register(sub)
     train_cli.register(sub)
     return parser

@@ -240,12 +240,26 @@ class RunSummary:
 
 
 def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
+    """Ray for a pipeline run: `address` or `ray.address`, else the embedded Ray (connect_ray) with
+    `ray.num_cpus` and `ray.object_store_memory`."""
+    # Model actors hold their logical CPUs for the whole run but sit idle between batches, so they
+    # are counted on top of the machine's cores: decoding and pixel stages still get one task per core.
+    actor_cpus = sum(s.num_cpus * s.pool_size for s in stages if s.uses_actors)
+    num_cpus = cfg.ray.num_cpus or (os.cpu_count() or 1) + math.ceil(actor_cpus)
+    return connect_ray(address or cfg.ray.address, num_cpus, cfg.ray.object_store_memory)
+
+
+def connect_ray(address: str | None, num_cpus: int | None = None, object_store_memory: int | None = None):
+    """The `ray` module, initialised: joined to the cluster at `address` (or RAY_ADDRESS), else an
+    embedded local Ray with every listener on 127.0.0.1, `num_cpus` (default: the machine's) and an
+    object store of `object_store_memory` bytes (default: Ray's). A Ray already initialised in this
+    process is used as it is."""
     import ray
 
     if ray.is_initialized():
         return ray
     # A driver that `ray job submit` started finds its cluster in RAY_ADDRESS.
-    address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         return ray
@@ -256,13 +270,9 @@ def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage]):
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    # Model actors hold their logical CPUs for the whole run but sit idle between batches, so they
-    # are counted on top of the machine's cores: decoding and pixel stages still get one task per core.
-    actor_cpus = sum(s.num_cpus * s.pool_size for s in stages if s.uses_actors)
-    num_cpus = cfg.ray.num_cpus or (os.cpu_count() or 1) + math.ceil(actor_cpus)
     ray.init(
-        num_cpus=num_cpus,
-        object_store_memory=cfg.ray.object_store_memory,
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        object_store_memory=object_store_memory,
         include_dashboard=False,
         configure_logging=True,
         logging_level=logging.WARNING,

