@@ -232,6 +232,9 @@ class RunSummary:
     detector: str | None = None  # the shot detectors that ran (`auto` resolved), comma-separated
     stages: dict[str, dict] = field(default_factory=dict)
     runs: int = 1
+    rules: list[str] = field(default_factory=list)  # the filter rules of the last run
+    # The models that made the output (every run's): stage, name, source, licence (None: not recorded).
+    models: list[dict] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -440,14 +443,15 @@ def _run(
             metrics_data[stage.name] = {"clips": 0, "frames": 0, "busy_s": time.perf_counter() - t0}
 
     videos, clips = manifest.read_dir(store, manifest.VIDEOS_DIR), manifest.read_dir(store, manifest.CLIPS_DIR)
+    summary.rules = [r for s in stages if s.name == "filter" for r in s.rules]
+    summary.models = _models_used(cfg, stages, summary.detector)
     _merge_previous(summary, store, metrics_data)
     failed_clips = _summarise(summary, videos, clips, metrics_data, t_start)
     store.write_bytes("summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True).encode())
     from curate.report import write_report
 
-    rules = [r for s in stages if s.name == "filter" for r in s.rules]
     write_report(
-        cfg.output.path, store, rules=rules, manifests=(videos, clips), summary=summary.__dict__, source_s3=cfg.input.s3
+        cfg.output.path, store, rules=summary.rules, manifests=(videos, clips), summary=summary.__dict__, source_s3=cfg.input.s3
     )
     shard_cfg = cfg.shard_config()
     if shard_cfg is not None:
@@ -487,6 +491,18 @@ def _merge_previous(summary: RunSummary, store: Store, metrics: dict) -> None:
     detectors = set(filter(None, (prev.get("detector") or "").split(","))) | ({summary.detector} if summary.detector else set())
     summary.detector = ",".join(sorted(detectors)) or None
     summary.runs = (prev.get("runs") or 1) + 1
+    seen = {(m["stage"], m["name"]) for m in summary.models}
+    summary.models += [m for m in prev.get("models") or [] if (m.get("stage"), m.get("name")) not in seen]
+
+
+def _models_used(cfg: PipelineConfig, stages: list[Stage], detector: str | None) -> list[dict]:
+    """What summary.json and the dataset card say of this run's models (TransNetV2 only where it ran)."""
+    ran_transnet = "transnetv2" in (detector or "").split(",")
+    return [
+        {"stage": r.stage, "name": r.name, "license": r.license,
+         "source": r.hf_repo or r.url or (f"Python package {r.package[0]}" if r.package else r.local_path)}
+        for r in model_refs(cfg, stages) if r.stage != "shots" or ran_transnet
+    ]
 
 
 def _summarise(

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate import manifest
+from curate.card import write_card
 from curate.record import CLIP_FIELDS
 from curate.config import S3Config
 from curate.storage import Store, is_s3, local_copy
@@ -265,7 +266,8 @@ def write_report(
     summary: dict | None = None,
     source_s3: S3Config | None = None,
 ) -> str:
-    """Write OUTPUT/report.html for the run at `output_path`; returns its location.
+    """Write OUTPUT/report.html, and the dataset card OUTPUT/README.md (curate.card), for the run at
+    `output_path`; returns the report's location.
 
     `rules` are the filter rules the run applied (thresholds drawn on the histograms); without
     them, the rules named in the clips' filter reasons are drawn. A run passes the (videos, clips)
@@ -278,6 +280,7 @@ def write_report(
         summary = json.loads(store.read_bytes("summary.json")) if "summary.json" in store.list("") else {}
     page = render(*manifests, list(rules or []), summary, store, source_s3 or store.cfg, sample)
     store.write_bytes("report.html", page.encode("utf-8"))
+    write_card(store, summary, list(rules or summary.get("rules") or []))
     return store.uri("report.html")
 
 
@@ -288,7 +291,7 @@ def cmd_report(args) -> int:
 
 
 def register(subparsers):
-    p = subparsers.add_parser("report", help="(re)build OUTPUT/report.html from a run's manifests")
+    p = subparsers.add_parser("report", help="(re)build OUTPUT/report.html and the dataset card OUTPUT/README.md from a run's manifests")
     p.add_argument("output", help="the run's output directory (or s3:// prefix)")
     p.add_argument("--rule", action="append", default=[], help="a filter rule to draw as a threshold (repeatable)")
     p.add_argument("--sample", type=int, default=8, help="clips shown per group (default 8)")

