@@ -25,6 +25,7 @@ from curate.engine import _models_used, pipeline_stages, run_pipeline
 from curate.export import ExportConfig, export
 from curate.manifest import committed_parts, part_schema, schema_difference
 from curate.record import clip_file
+from curate.shard import shard_urls
 from curate.storage import Store
 from curate.window import WindowReader
 
@@ -88,11 +89,12 @@ def test_list_columns_are_empty_lists_not_null(reference):
     assert "error" in videos.column("status").to_pylist() and videos.column("scenes").null_count == 0
 
 
-def readme_snippet(first_line: str) -> dict:
-    """Run the README's Python block that starts with `first_line`; returns its namespace."""
+def readme_snippet(first_line: str, **given) -> dict:
+    """Run the README's Python block that starts with `first_line`, with the names `given`; returns
+    its namespace."""
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     code = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if b.startswith(first_line))
-    namespace: dict = {}
+    namespace: dict = dict(given)
     exec(compile(code, "README.md", "exec"), namespace)
     return namespace
 
@@ -430,3 +432,32 @@ def test_models_and_their_licences_are_recorded():
         ("caption", "Qwen2.5-VL-7B-Instruct"): "Apache-2.0",
     }
     assert not [m for m in _models_used(cfg, stages, "curate") if m["stage"] == "shots"]
+
+
+# ---------------------------------------------------------------- webdataset
+
+
+def test_webdataset_torch_video_decoder_is_broken_with_this_torchvision(mp4):
+    """What the README says not to use: webdataset's torch_video needs torchvision.io.read_video."""
+    import webdataset as wds
+
+    urls = shard_urls(f"{mp4}/shards")
+    with pytest.raises(Exception) as got:
+        next(iter(wds.WebDataset(urls, shardshuffle=False).decode(wds.torch_video)))
+    assert "read_video" in repr(got.value.__cause__ or got.value)
+
+
+@pytest.mark.parametrize("decoder", ["PyAV", "torchcodec"])
+def test_readme_decodes_shard_members(mp4, decoder):
+    """The README's webdataset handlers decode every shard member to its row's frames and size."""
+    if decoder == "torchcodec":
+        torchcodec_or_skip()
+    urls = shard_urls(f"{mp4}/shards")
+    namespace = readme_snippet(f"# Decode shard members with {decoder}", urls=urls)
+    seen = 0
+    for sample in namespace["dataset"]:
+        row = sample["json"]
+        frames = sample["mp4"] if decoder == "PyAV" else sample["mp4"].permute(0, 2, 3, 1).numpy()
+        assert frames.dtype == np.uint8 and frames.shape == (row["num_frames"], row["height"], row["width"], 3)
+        seen += 1
+    assert seen == sum(1 for r in clips_of(mp4) if r["kept"]) > 0
