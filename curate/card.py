@@ -59,8 +59,8 @@ def _sum(array) -> int | float:
 
 
 def funnel(store: Store) -> tuple[dict, Counter]:
-    """(counts, filter reasons): videos, decoded, failed, scenes detected, clips, kept, kept hours,
-    clips a stage failed on; and how many clips failed each rule."""
+    """(counts, filter reasons): videos, decoded, failed, scenes detected, clips, kept, kept_s (their
+    length in seconds), stage_failed (clips a stage failed on); and how many clips failed each rule."""
     n = Counter()
     for b in scan(store, VIDEOS_DIR, ["status", "scenes"]):
         n["videos"] += b.num_rows

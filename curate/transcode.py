@@ -2,9 +2,8 @@
 
 It runs after the filter, so only kept clips are encoded; their `clip_uri` and `path` then name the
 clip file and every other clip stays a reference (`clip_uri` null, `path == source_uri`, plus its
-time window). This
-decodes each kept window a second time, by presentation time from a checked keyframe seek
-(`curate.window`); reference mode needs no second pass. Files are upright with square pixels and
+time window). This decodes each kept window a second time, by presentation time from a checked
+keyframe seek (`curate.window`); reference mode needs no second pass. Files are upright with square pixels and
 keep the source's presentation times (or are resampled to `clips.fps`).
 Clip file names are deterministic (OUTPUT/media/<video_id>/<clip_id>.mp4), so a resumed run
 overwrites rather than duplicates.
