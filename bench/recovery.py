@@ -1,7 +1,8 @@
 """What resuming costs before the first video starts: the start-up repair (`manifest.recover`:
-temp files, orphaned and incomplete parts, duplicate rows, each video's outcome) against the
-baseline of reading every videos part's ids (all that resuming read before the repair existed),
-on one synthetic local output measured in the same run. Also the writer lease's round trip.
+temp files, orphaned and incomplete parts, duplicate rows, each video's outcome) and the schema
+check (`manifest.settle_schemas`: every part's Parquet footer) against the baseline of reading
+every videos part's ids (all that resuming read before the repair existed), on one synthetic local
+output measured in the same run. Also the writer lease's round trip.
 
     python bench/recovery.py [--parts 200] [--videos-per-part 64] [--clips-per-video 10] [--repeat 3]
 """
@@ -72,6 +73,8 @@ def main() -> None:
         base_s, ids = timed(lambda: baseline(store), args.repeat)
         new_s, prior = timed(lambda: manifest.recover(store), args.repeat)
         assert set(prior.table.column("video_id").to_pylist()) == ids
+        clips_schema = manifest.part_schema(store, f"clips/{manifest.committed_parts(store)[0]}")
+        check_s, _ = timed(lambda: manifest.settle_schemas(store, clips_schema), args.repeat)
         lease_s, _ = timed(lambda: manifest.Lease(store).acquire().release(), args.repeat)
     videos = args.parts * args.videos_per_part
     print(f"command: python bench/recovery.py --parts {args.parts} --videos-per-part {args.videos_per_part} "
@@ -79,6 +82,7 @@ def main() -> None:
     print(f"output: {args.parts} parts, {videos} videos, {videos * args.clips_per_video} clips (local disk)")
     print(f"baseline (read every videos part's ids): {base_s:.3f} s")
     print(f"recover (repair + outcome of every video): {new_s:.3f} s  ratio {new_s / base_s:.2f}x")
+    print(f"schema check (every part's footer): {check_s:.3f} s  ratio {check_s / base_s:.2f}x")
     print(f"lease acquire + release: {lease_s * 1000:.1f} ms")
 
 

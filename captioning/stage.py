@@ -129,6 +129,9 @@ class CaptionStage(Stage):
                 stage=self.name,
                 local_path=local,
                 hf_repo=None if _is_path(self.model) else self.model,
+                # The default model's card on the Hugging Face Hub says Apache-2.0; others are not
+                # recorded (sizes of one family differ: check each model's card).
+                license="Apache-2.0" if self.model == DEFAULT_MODEL else None,
             )
         ]
 

@@ -1,4 +1,4 @@
-"""`curate` command line: run, validate, models, report, eval-shots, and the trainer's shard/train/sample."""
+"""`curate` command line: run, validate, models, report, export, eval-shots, and the trainer's shard/train/sample."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def _console(output: str, verbose: bool):
 
 def cmd_run(args) -> int:
     """Exit codes: 0 all done; 3 some inputs failed; 2 bad configuration, a missing model, an
-    unusable output or one another run holds, found before any work; 1 the run stopped midway
+    unusable output, one another run holds or one whose manifest parts have other columns (without
+    --allow-schema-change), found before any work; 1 the run stopped midway
     (disk full, S3 down past the retry budget, lease taken over): nothing half-written, rerun."""
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -86,7 +87,7 @@ def cmd_run(args) -> int:
         with _console(cfg.output.path, args.verbose) as (stream, log_path):
             progress = Progress(live=stream.isatty(), stage_rates=args.stage_rates, stream=stream)
             summary = run_pipeline(cfg, address=args.address, retry_failed=args.retry_failed, force=args.force,
-                                   progress=progress, verbose=args.verbose)
+                                   progress=progress, verbose=args.verbose, allow_schema_change=args.allow_schema_change)
         if log_path:
             print(f"curate: Ray's own log lines are in {log_path} (--verbose shows them)")
     except (ConfigError, ModelNotFound, LeaseHeld) as e:
@@ -122,12 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="take over the output from a run that still holds its lease")
     run.add_argument("--verbose", action="store_true", help="show Ray's own log lines instead of writing them to OUTPUT/logs/")
     run.add_argument("--stage-rates", action="store_true", help="show each stage's clips per second while the run goes")
+    run.add_argument(
+        "--allow-schema-change", action="store_true",
+        help="resume into an output whose manifest parts have other columns (another stage list) by rewriting them to the union",
+    )
     pipeline_cmd("validate", cmd_validate, "check a pipeline file without running it")
     pipeline_cmd("models", cmd_models, "list the models a pipeline needs and where they resolve")
-    from curate import eval_shots, report
+    from curate import eval_shots, export, report
     from curate.train import cli as train_cli
 
     report.register(sub)
+    export.register(sub)
     eval_shots.register(sub)
     train_cli.register(sub)
     return parser

@@ -318,6 +318,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def load_options(model: type[BaseModel], overrides: list[str], prefix: str, **flags):
+    """A command's options: `model` validated from its `--set` overrides with the command's own
+    flags on top (None: not given). ConfigError with one line naming the key (`prefix.key: ...`)."""
+    raw = apply_overrides({}, overrides)
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(one_line_error(e, prefix=prefix)) from None
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
     raw = apply_overrides(read_sections(path, "pipeline", allow_empty=True), list(overrides))
     try:

@@ -24,6 +24,7 @@ from curate import manifest
 from curate.config import ConfigError, PipelineConfig
 from curate.models import ModelRef, fetch
 from curate.record import (
+    ERRORS_FIELD,
     TRANSIENT_NAMES,
     clip_schema,
     from_table,
@@ -39,7 +40,6 @@ from curate.storage import SourceUnreadable, Store, local_copy
 
 log = logging.getLogger("curate")
 
-ERRORS_FIELD = pa.field("errors", pa.list_(pa.string()))
 # On a failed video's record: whether the failure may pass on a rerun (manifest.VIDEOS_SCHEMA).
 RETRYABLE_FIELD = pa.field("retryable", pa.bool_())
 # Transient columns the driver needs besides the manifest's (the last operator drops all others).
@@ -242,6 +242,9 @@ class RunSummary:
     detector: str | None = None  # the shot detectors that ran (`auto` resolved), comma-separated
     stages: dict[str, dict] = field(default_factory=dict)
     runs: int = 1
+    rules: list[str] = field(default_factory=list)  # the filter rules of the last run
+    # The models that made the output (every run's): stage, name, source, licence (None: not recorded).
+    models: list[dict] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -250,13 +253,27 @@ class RunSummary:
 
 
 def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage], log_to_driver: bool = True):
-    """Join `address` (or the cluster a `ray job submit` driver finds in RAY_ADDRESS), or start an
-    embedded Ray on loopback. `log_to_driver`: forward the workers' output to this process."""
+    """Ray for a pipeline run: `address` or `ray.address`, else the embedded Ray (connect_ray) with
+    `ray.num_cpus` and `ray.object_store_memory`. `log_to_driver`: forward the workers' output here."""
+    # Model actors hold their logical CPUs for the whole run but sit idle between batches, so they
+    # are counted on top of the machine's cores: decoding and pixel stages still get one task per core.
+    actor_cpus = sum(s.num_cpus * s.pool_size for s in stages if s.uses_actors)
+    num_cpus = cfg.ray.num_cpus or (os.cpu_count() or 1) + math.ceil(actor_cpus)
+    return connect_ray(address or cfg.ray.address, num_cpus, cfg.ray.object_store_memory, log_to_driver)
+
+
+def connect_ray(address: str | None, num_cpus: int | None = None, object_store_memory: int | None = None,
+                log_to_driver: bool = True):
+    """The `ray` module, initialised: joined to the cluster at `address` (or RAY_ADDRESS), else an
+    embedded local Ray with every listener on 127.0.0.1, `num_cpus` (default: the machine's) and an
+    object store of `object_store_memory` bytes (default: Ray's). A Ray already initialised in this
+    process is used as it is."""
     import ray
 
     if ray.is_initialized():
         return ray
-    address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    # A driver that `ray job submit` started finds its cluster in RAY_ADDRESS.
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
         return ray
@@ -267,13 +284,9 @@ def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage], log_
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    # Model actors hold their logical CPUs for the whole run but sit idle between batches, so they
-    # are counted on top of the machine's cores: decoding and pixel stages still get one task per core.
-    actor_cpus = sum(s.num_cpus * s.pool_size for s in stages if s.uses_actors)
-    num_cpus = cfg.ray.num_cpus or (os.cpu_count() or 1) + math.ceil(actor_cpus)
     ray.init(
-        num_cpus=num_cpus,
-        object_store_memory=cfg.ray.object_store_memory,
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        object_store_memory=object_store_memory,
         include_dashboard=False,
         configure_logging=True,
         logging_level=logging.WARNING,
@@ -345,16 +358,19 @@ def run_pipeline(
     lease_ttl_s: float = manifest.LEASE_TTL_S,
     progress: Progress | None = None,
     verbose: bool = True,
+    allow_schema_change: bool = False,
 ) -> RunSummary:
     """Run a pipeline into `cfg.output.path`, resuming whatever is already there.
 
     Before any work (and before Ray starts): models resolved, sources listed, the output checked
     and its lease taken (ConfigError, ModelNotFound, LeaseHeld). `retry_failed` redoes videos that
     failed for a reason that may pass and videos with a failed clip; `force` takes over the lease of
-    a run that still looks alive. Mid-run, LeaseLost, S3Unavailable or an OSError (disk full) stop
-    the run with nothing half-written; a rerun resumes. `progress` shows the run as it goes
-    (default: a plain line per event through `echo`); without `verbose`, workers' output stays in
-    Ray's log files instead of being forwarded to this process."""
+    a run that still looks alive. An output whose parts have other columns than this run writes is
+    refused (SchemaChanged) unless `allow_schema_change`, which rewrites them to the union. Mid-run,
+    LeaseLost, S3Unavailable or an OSError (disk full) stop the run with nothing half-written; a
+    rerun resumes. `progress` shows the run as it goes (default: a plain line per event through
+    `echo`); without `verbose`, workers' output stays in Ray's log files instead of being forwarded
+    to this process."""
     t_start = time.perf_counter()
     stages = pipeline_stages(cfg)
     # Every model is found (or downloaded) before any work: a missing one fails here, not midway.
@@ -369,7 +385,8 @@ def run_pipeline(
     except OSError as e:  # read-only place, full disk, no permission
         raise ConfigError(f"output.path: cannot write to '{store.root}' ({e.strerror or e})") from None
     try:
-        return _run(cfg, address, echo, retry_failed, stages, weights, store, lease, t_start, progress or Progress(echo), verbose)
+        return _run(cfg, address, echo, retry_failed, stages, weights, store, lease, t_start,
+                    progress or Progress(echo), verbose, allow_schema_change)
     finally:
         lease.release()
         if progress is not None:
@@ -389,15 +406,18 @@ def _pages(uris, size: int):
 
 def _run(
     cfg: PipelineConfig, address, echo, retry_failed: bool, stages: list[Stage], weights: dict, store: Store,
-    lease: manifest.Lease, t_start: float, progress: Progress, verbose: bool,
+    lease: manifest.Lease, t_start: float, progress: Progress, verbose: bool, allow_schema_change: bool,
 ) -> RunSummary:
     """The run proper, holding the lease: sources listed a page at a time, each page's pending
     videos run through Ray Data, rows written by the workers (curate.sink), counts to the driver."""
     resume = manifest.recover(store)
+    # After the repair (which may remove the very parts that differ), before any part is written.
+    out_schema, videos_schema = manifest.settle_schemas(
+        store, manifest_schema(stages, transient=False), allow_change=allow_schema_change
+    )
     done = resume.done_ids(retry_failed)
     known = resume.table.column("video_id").combine_chunks()
     summary = RunSummary(inputs=0)
-    out_schema = manifest_schema(stages, transient=False)
     flowing = [s for s in stages if not isinstance(s, GlobalStage)]
     metrics_data: dict = {}
     committer = ray = None
@@ -419,7 +439,7 @@ def _run(
             # worker (and in this driver) to look for one.
             summary.detector = resolve_detector_kind(cfg.shots, _gpu_count(ray))
             cfg = cfg.model_copy(update={"shots": cfg.shots.model_copy(update={"detector": summary.detector})})
-            committer = Committer(ray, store, out_schema, cfg.output.videos_per_part, cfg.output.flush_interval_s,
+            committer = Committer(ray, store, (out_schema, videos_schema), cfg.output.videos_per_part, cfg.output.flush_interval_s,
                                   lease, resume.attempts, manifest.new_run_token(), on_failed=progress.failed)
         for report in _dataset(ray, cfg, stages, flowing, pending, weights, committer).iter_batches(batch_size=None, batch_format="pyarrow"):
             committer.add(report)
@@ -441,7 +461,9 @@ def _run(
 
     from curate.report import collect, write_report
 
-    stats = collect(store, rules=[r for s in stages if s.name == "filter" for r in s.rules])
+    summary.rules = [r for s in stages if s.name == "filter" for r in s.rules]
+    summary.models = _models_used(cfg, stages, summary.detector)
+    stats = collect(store, rules=summary.rules)
     _merge_previous(summary, store, metrics_data)
     _summarise(summary, stats, metrics_data, t_start)
     store.write_bytes("summary.json", json.dumps(summary.__dict__, indent=2, sort_keys=True).encode())
@@ -484,6 +506,18 @@ def _merge_previous(summary: RunSummary, store: Store, metrics: dict) -> None:
     detectors = set(filter(None, (prev.get("detector") or "").split(","))) | ({summary.detector} if summary.detector else set())
     summary.detector = ",".join(sorted(detectors)) or None
     summary.runs = (prev.get("runs") or 1) + 1
+    seen = {(m["stage"], m["name"]) for m in summary.models}
+    summary.models += [m for m in prev.get("models") or [] if (m.get("stage"), m.get("name")) not in seen]
+
+
+def _models_used(cfg: PipelineConfig, stages: list[Stage], detector: str | None) -> list[dict]:
+    """What summary.json and the dataset card say of this run's models (TransNetV2 only where it ran)."""
+    ran_transnet = "transnetv2" in (detector or "").split(",")
+    return [
+        {"stage": r.stage, "name": r.name, "license": r.license,
+         "source": r.hf_repo or r.url or (f"Python package {r.package[0]}" if r.package else r.local_path)}
+        for r in model_refs(cfg, stages) if r.stage != "shots" or ran_transnet
+    ]
 
 
 def _summarise(summary: RunSummary, stats, metrics: dict, t_start: float) -> None:

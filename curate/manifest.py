@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.record import VIDEO_FIELDS
+from curate.config import ConfigError
+from curate.record import COLLECTION_COLUMNS, VIDEO_FIELDS
 from curate.storage import Store
 
 log = logging.getLogger("curate")
@@ -67,12 +68,6 @@ def _read(store: Store, rel: str, columns=None) -> pa.Table:
     return f.read(columns=None if columns is None else [c for c in columns if c in f.schema_arrow.names])
 
 
-def committed_parts(store: Store) -> list[str]:
-    """Names of the committed parts: those whose videos twin exists (the writer commits it last)."""
-    videos = set(store.list(VIDEOS_DIR))
-    return [n for n in store.list(CLIPS_DIR) if n.endswith(".parquet") and n in videos]
-
-
 def scan(store: Store, rel_dir: str, columns=None, parts: list[str] | None = None):
     """The committed parts of `rel_dir` one at a time, only `columns` (as `_read` takes them):
     global steps stream the manifest this way instead of holding every part at once."""
@@ -85,6 +80,105 @@ def read_dir(store: Store, rel_dir: str) -> pa.Table | None:
     if not names:
         return None
     return pa.concat_tables([_read(store, f"{rel_dir}/{n}") for n in names], promote_options="permissive")
+
+
+# ---------------------------------------------------------------- one schema per manifest
+
+
+class SchemaChanged(ConfigError):
+    """A run would write manifest parts whose columns differ from the parts already in its output."""
+
+
+# A Parquet footer is the file's last 8 bytes (footer length, "PAR1") and the footer before them.
+_FOOTER_GUESS = 64 * 1024
+
+
+def committed_parts(store: Store) -> list[str]:
+    """Names of the committed parts: those in both clips/ and videos/ (the writer commits a clips
+    part, then its videos twin; `recover` removes either one alone)."""
+    videos = set(store.list(VIDEOS_DIR))
+    return [n for n in store.list(CLIPS_DIR) if n.endswith(".parquet") and n in videos]
+
+
+def part_schema(store: Store, rel: str) -> pa.Schema:
+    """A Parquet file's schema from its footer alone (one ranged read on S3)."""
+    tail = store.read_tail(rel, _FOOTER_GUESS)
+    size = int.from_bytes(tail[-8:-4], "little") + 8
+    if size > len(tail):
+        tail = store.read_tail(rel, size)
+    # The footer alone, behind the leading magic bytes, reads as a file without row groups.
+    return pq.read_schema(pa.BufferReader(b"PAR1" + tail[-size:])).remove_metadata()
+
+
+def _describe_fields(fields: list[pa.Field]) -> str:
+    return ", ".join(f"{f.name} ({f.type})" for f in fields)
+
+
+def schema_difference(existing: pa.Schema, wanted: pa.Schema) -> str:
+    """How `existing` differs from `wanted`, in words (empty when they are equal)."""
+    have, want = set(existing.names), set(wanted.names)
+    out = []
+    if have - want:
+        out.append("only in the output: " + _describe_fields([f for f in existing if f.name not in want]))
+    if want - have:
+        out.append("only in this run: " + _describe_fields([f for f in wanted if f.name not in have]))
+    out += [f"{f.name} is {f.type} in the output, {wanted.field(f.name).type} in this run"
+            for f in existing if f.name in want and f.type != wanted.field(f.name).type]
+    if not out and existing.names != wanted.names:
+        out.append("the same columns in another order")
+    return "; ".join(out)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns: cast where it has them, else empty lists (for
+    COLLECTION_COLUMNS) or nulls."""
+    n = table.num_rows
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            columns.append(table.column(f.name).cast(f.type))
+        elif f.name in COLLECTION_COLUMNS:
+            columns.append(pa.array([[]] * n, f.type))
+        else:
+            columns.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def settle_schemas(
+    store: Store, clips: pa.Schema, videos: pa.Schema = VIDEOS_SCHEMA, allow_change: bool = False
+) -> tuple[pa.Schema, pa.Schema]:
+    """The (clips, videos) schemas a run into `store` must write its parts with, so that every part
+    of a manifest has the same columns in the same order with the same types (on a glob of mixed
+    parts polars fails, and DuckDB, pyarrow and pandas drop columns depending on file order).
+
+    A new output, or one whose committed parts all have exactly `clips` and `videos` (read from the
+    Parquet footers only), gets them back. Otherwise SchemaChanged, one line naming a part and the
+    difference, unless `allow_change`: then every part that differs is rewritten to the union (this
+    run's columns in its order, then those only the output has; types promoted where no value
+    changes, e.g. float to double; empty lists or nulls where a part lacks a column), one atomic
+    write per part, and the union is returned. Holding the lease, before any part is written."""
+    names = committed_parts(store)
+    out = []
+    for rel_dir, wanted in ((CLIPS_DIR, clips), (VIDEOS_DIR, videos)):
+        wanted = wanted.remove_metadata()
+        found = {f"{rel_dir}/{n}": part_schema(store, f"{rel_dir}/{n}") for n in names}
+        differ = {rel: schema for rel, schema in found.items() if not schema.equals(wanted)}
+        if differ and not allow_change:
+            rel, schema = next(iter(differ.items()))
+            raise SchemaChanged(
+                f"{store.uri(rel)} has other columns than this pipeline writes ({schema_difference(schema, wanted)}); "
+                "rerun with --allow-schema-change to rewrite the existing parts to the union of both, "
+                "or write to a new output.path"
+            )
+        try:
+            union = pa.unify_schemas([wanted, *differ.values()], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise SchemaChanged(f"{store.uri(rel_dir)}: its parts cannot be rewritten to this pipeline's columns: {e}") from None
+        for rel, schema in found.items():
+            if not schema.equals(union):
+                store.write_bytes(rel, to_parquet(conform(_read(store, rel), union)))
+        out.append(union)
+    return out[0], out[1]
 
 
 # ---------------------------------------------------------------- the writer lease

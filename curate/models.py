@@ -34,6 +34,9 @@ class ModelRef:
     package: tuple[str, str] | None = None
     # The stage's YAML key that points at a local copy (`clip.weights` for a nested block).
     key: str = "weights"
+    # The weights' licence (SPDX id) where the project has checked it at the source named in the
+    # comment beside it; None: not recorded (the dataset card says so).
+    license: str | None = None
 
 
 @dataclass(frozen=True)

@@ -44,14 +44,19 @@ VIDEO_FIELDS: list[pa.Field] = [
 VIDEO_SCHEMA = pa.schema(VIDEO_FIELDS)
 
 # Base columns of OUTPUT/clips; every stage appends the columns it declares in `Stage.outputs()`.
-# `start_s`/`end_s` are presentation times in seconds from the video stream's first frame (the frames
-# whose PTS lies in [pts_offset_s + start_s, pts_offset_s + end_s) of stream `stream_index`);
-# `start_frame`/`end_frame` count the presented frames from 0.
+# The clip contract (README "Reading a clip"): `clip_uri` is the clip's own file, null until one
+# exists (mp4 mode); without one the clip is a window of `source_uri`. `path` names the media the
+# row describes (clip_uri if set, else source_uri), and `num_frames`, `fps`, `width`, `height`,
+# `aspect_ratio`, `duration_s` describe that media. `start_s`/`end_s` always locate the clip in its
+# source: presentation times in seconds from the video stream's first frame (the frames whose PTS
+# lies in [pts_offset_s + start_s, pts_offset_s + end_s) of stream `stream_index`);
+# `start_frame`/`end_frame` count the source's presented frames from 0.
 CLIP_FIELDS: list[pa.Field] = [
     pa.field("clip_id", pa.string()),
     pa.field("video_id", pa.string()),
     pa.field("source_uri", pa.string()),
     pa.field("path", pa.string()),
+    pa.field("clip_uri", pa.string()),
     pa.field("start_s", pa.float64()),
     pa.field("end_s", pa.float64()),
     pa.field("start_frame", pa.int64()),
@@ -67,6 +72,13 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field("kept", pa.bool_()),
     pa.field("filter_reasons", pa.list_(pa.string())),
 ]
+# `stage: Type: message` for every stage that failed on the clip (engine.StageRunner); after the
+# base columns, before every stage's own.
+ERRORS_FIELD = pa.field("errors", pa.list_(pa.string()))
+# List columns that hold a collection (the rules a clip failed, the stages that failed on it, the
+# scenes detected): empty, never null, so `len(errors) = 0` selects the clean rows in SQL, polars or
+# pandas. A vector column (`clip_embedding`) stays null where it was not computed.
+COLLECTION_COLUMNS = frozenset({"filter_reasons", "errors", "scenes"})
 
 ARRAY_TYPE = pa.struct([pa.field("data", pa.binary()), pa.field("shape", pa.list_(pa.int32()))])
 
@@ -105,6 +117,17 @@ def clip_id_for(video_id: str, start_frame: int, end_frame: int) -> str:
     return f"{video_id}_{start_frame:08d}_{end_frame:08d}"
 
 
+def clip_file(row: dict) -> str | None:
+    """The clip's own file, or None when the clip is a window of `source_uri` (see CLIP_FIELDS).
+
+    Manifests written before `clip_uri` existed name a clip file only in `path`: a `path` other
+    than the source is that file."""
+    if row.get("clip_uri"):
+        return row["clip_uri"]
+    path = row.get("path")
+    return path if path and path != row["source_uri"] else None
+
+
 def pack_array(a: np.ndarray | None) -> dict | None:
     if a is None:
         return None
@@ -119,7 +142,9 @@ def unpack_array(d: dict | None) -> np.ndarray | None:
 
 
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    """Rows (with unpacked arrays) to an Arrow table of exactly `schema`; missing keys become nulls."""
+    """Rows (with unpacked arrays) to an Arrow table of exactly `schema`; missing keys become nulls,
+    except in COLLECTION_COLUMNS, where they become empty lists."""
+    collections = [n for n in schema.names if n in COLLECTION_COLUMNS]
     packed = []
     for r in rows:
         p = dict(r)
@@ -127,6 +152,9 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
             v = p.get(name)
             if isinstance(v, np.ndarray):
                 p[name] = pack_array(v)
+        for name in collections:
+            if p.get(name) is None:
+                p[name] = []
         packed.append(p)
     return pa.Table.from_pylist(packed, schema=schema)
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import manifest
+from curate.card import write_card
 from curate.record import CLIP_FIELDS
 from curate.config import S3Config
 from curate.storage import Store, is_s3, local_copy
@@ -226,6 +227,7 @@ class ManifestStats:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (source_uri, error)
     clips: int = 0
     kept: int = 0
+    kept_s: float = 0.0  # the kept clips' length in seconds
     reasons: Counter = field(default_factory=Counter)
     clip_errors: int = 0
     failed_clips: list[tuple[str, list[str]]] = field(default_factory=list)  # (clip_id, errors)
@@ -266,6 +268,8 @@ def collect(store: Store, rules: list[str] | None = None, sample: int = 8, bins:
         kept = t.column("kept").to_pylist()
         st.clips += t.num_rows
         st.kept += sum(bool(k) for k in kept)
+        if "duration_s" in t.column_names:
+            st.kept_s += pc.sum(pc.filter(t.column("duration_s"), pc.fill_null(t.column("kept"), False))).as_py() or 0.0
         for r in t.select(["clip_id", "filter_reasons", "errors"]).to_pylist():
             st.reasons.update(r["filter_reasons"] or [])
             if r["errors"]:
@@ -367,19 +371,21 @@ def write_report(
     summary: dict | None = None,
     source_s3: S3Config | None = None,
 ) -> str:
-    """Write OUTPUT/report.html for the run at `output_path`; returns its location.
+    """Write OUTPUT/report.html, and the dataset card OUTPUT/README.md (curate.card), for the run at
+    `output_path`; returns the report's location.
 
-    `rules` are the filter rules the run applied (thresholds drawn on the histograms); without
-    them, the rules named in the clips' filter reasons are drawn. A run passes the stats (which
-    hold its rules) and summary it already has; otherwise they are read from the output. Thumbnails read the source
-    videos with `source_s3` (the pipeline's input.s3; default the output's settings)."""
+    `rules` are the filter rules to draw as thresholds on the histograms (default: those summary.json
+    records, else those the clips' filter reasons name). A run passes the stats (which hold its
+    rules) and summary it already has; otherwise they are read from the output. Thumbnails read the
+    source videos with `source_s3` (the pipeline's input.s3; default the output's settings)."""
     store = store or Store(output_path)
-    stats = stats or collect(store, rules, sample)
     if summary is None:
         data = store.read_if_exists("summary.json")
         summary = json.loads(data) if data else {}
+    stats = stats or collect(store, rules or summary.get("rules"), sample)
     page = render(stats, summary, store, source_s3 or store.cfg)
     store.write_bytes("report.html", page.encode("utf-8"))
+    write_card(store, stats, summary)
     return store.uri("report.html")
 
 
@@ -390,7 +396,7 @@ def cmd_report(args) -> int:
 
 
 def register(subparsers):
-    p = subparsers.add_parser("report", help="(re)build OUTPUT/report.html from a run's manifests")
+    p = subparsers.add_parser("report", help="(re)build OUTPUT/report.html and the dataset card OUTPUT/README.md from a run's manifests")
     p.add_argument("output", help="the run's output directory (or s3:// prefix)")
     p.add_argument("--rule", action="append", default=[], help="a filter rule to draw as a threshold (repeatable)")
     p.add_argument("--sample", type=int, default=8, help="clips shown per group (default 8)")

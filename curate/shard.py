@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
 from curate.config import S3Config
-from curate.record import CLIP_FIELDS, TRANSIENT_NAMES
+from curate.record import CLIP_FIELDS, TRANSIENT_NAMES, clip_file
 from curate.storage import Store, is_s3, local_copy, read_s3
 
 MEMBERS = ("mp4", "json", "txt")
@@ -141,11 +141,12 @@ def _clean(value):
 
 def sample_members(row: dict, cfg: ShardConfig, tmpdir: str) -> dict[str, bytes]:
     """The three tar members of one clip."""
-    with local_copy(row["path"], cfg.s3) as path:
-        if row["path"] == row["source_uri"]:
-            mp4 = cut_window(path, row, cfg, os.path.join(tmpdir, f"{row['clip_id']}.mp4"))
-        else:
+    clip = clip_file(row)
+    with local_copy(clip or row["source_uri"], cfg.s3) as path:
+        if clip:
             mp4 = Path(path).read_bytes()
+        else:
+            mp4 = cut_window(path, row, cfg, os.path.join(tmpdir, f"{row['clip_id']}.mp4"))
     meta = json.dumps(_clean(row), default=_json_default, sort_keys=True).encode("utf-8")
     return {"mp4": mp4, "json": meta, "txt": (row.get("caption") or "").encode("utf-8")}
 

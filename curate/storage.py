@@ -267,6 +267,16 @@ class Store:
             return read_s3(self.uri(rel), self.cfg)
         return Path(self.uri(rel)).read_bytes()
 
+    def read_tail(self, rel: str, size: int) -> bytes:
+        """The last `size` bytes at `rel` (all of it when it is smaller): a file's footer without its
+        body (one ranged GET on S3)."""
+        if self.s3:
+            bucket, key = split_s3(self.uri(rel))
+            return self._s3(lambda: self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{size}")["Body"].read(), "read", rel)
+        with open(self.uri(rel), "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+            return f.read()
+
     def list(self, rel_dir: str) -> list[str]:
         """Names (not paths) of the committed files directly under `rel_dir`."""
         if self.s3:

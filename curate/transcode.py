@@ -1,9 +1,9 @@
 """Writes kept clips as standalone H.264 mp4 files (`clips.mode: mp4`).
 
-It runs after the filter, so only kept clips are encoded; their `path` then points at the clip
-file and every other clip stays a reference (`path == source_uri` plus its time window). This
-decodes each kept window a second time, by presentation time from a checked keyframe seek
-(`curate.window`); reference mode needs no second pass. Files are upright with square pixels and
+It runs after the filter, so only kept clips are encoded; their `clip_uri` and `path` then name the
+clip file and every other clip stays a reference (`clip_uri` null, `path == source_uri`, plus its
+time window). This decodes each kept window a second time, by presentation time from a checked
+keyframe seek (`curate.window`); reference mode needs no second pass. Files are upright with square pixels and
 keep the source's presentation times (or are resampled to `clips.fps`).
 Clip file names are deterministic (OUTPUT/media/<video_id>/<clip_id>.mp4), so a resumed run
 overwrites rather than duplicates.
@@ -55,6 +55,7 @@ class TranscodeStage(Stage):
                             )
                         rel = f"media/{c['video_id']}/{c['clip_id']}.mp4"
                         store.upload_file(rel, local)
-                        # The row now describes the file at `path`; the window columns stay the source's.
-                        c.update(path=store.uri(rel), aspect_ratio=got["width"] / got["height"], **got)
+                        # The row now describes the clip file; the window columns stay the source's.
+                        uri = store.uri(rel)
+                        c.update(clip_uri=uri, path=uri, aspect_ratio=got["width"] / got["height"], **got)
         return clips

@@ -68,6 +68,8 @@ class ClipSpec(BaseModel):
             hf_repo=hub or None,
             hf_filename=HF_WEIGHT_FILES[0] if hub else None,
             key="clip.weights",
+            # OpenAI's CLIP weights: MIT (openai/CLIP LICENSE); other tags are not recorded.
+            license="MIT" if self.pretrained == "openai" else None,
         )
 
 

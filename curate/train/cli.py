@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 from curate.cli import fail
-from curate.config import ConfigError, apply_overrides, one_line_error
+from curate.config import ConfigError, load_options
 
 
 def cmd_shard(args) -> int:
-    from pydantic import ValidationError
-
     from curate.shard import ShardConfig, write_shards
 
     try:
-        raw = apply_overrides({}, args.set)
-        if args.out:
-            raw["out"] = args.out
-        if args.target_size:
-            raw["target_size"] = args.target_size
-        cfg = ShardConfig.model_validate(raw)
+        cfg = load_options(ShardConfig, args.set, "shard", out=args.out or None, target_size=args.target_size or None)
     except ConfigError as e:
         return fail(str(e))
-    except ValidationError as e:
-        return fail(one_line_error(e, prefix="shard"))
     try:
         summary = write_shards(args.output, cfg)
     except FileNotFoundError as e:

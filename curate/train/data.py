@@ -17,6 +17,7 @@ import math
 import numpy as np
 import torch
 
+from curate.record import clip_file
 from curate.shard import read_index, read_member, read_manifest, select_clips
 from curate.storage import local_copy
 from curate.train.config import DataConfig
@@ -108,12 +109,12 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.cfg.shards is not None:
             with WindowReader(read_member(self.cfg.shards, row, "mp4", self.cfg.s3)) as reader:
                 clip = read_frames(reader, 0.0, times, height, width)
-        elif row["path"] == row["source_uri"]:  # a window of the source
-            with local_copy(row["path"], self.cfg.s3) as path, WindowReader(path, row.get("stream_index"), row.get("pts_offset_s")) as reader:
-                clip = read_frames(reader, float(row["start_s"]), times, height, width)
-        else:  # a clip file: its own frames from its start
-            with local_copy(row["path"], self.cfg.s3) as path, WindowReader(path) as reader:
+        elif clip_file(row):  # a clip file: its own frames from its start
+            with local_copy(clip_file(row), self.cfg.s3) as path, WindowReader(path) as reader:
                 clip = read_frames(reader, 0.0, times, height, width)
+        else:  # a window of the source
+            with local_copy(row["source_uri"], self.cfg.s3) as path, WindowReader(path, row.get("stream_index"), row.get("pts_offset_s")) as reader:
+                clip = read_frames(reader, float(row["start_s"]), times, height, width)
         x = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
         return {"video": x, "caption": row.get("caption") or "", "clip_id": row["clip_id"]}
 
