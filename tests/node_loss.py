@@ -7,7 +7,8 @@ worker node in nested PID and mount namespaces (its own /proc), all three on one
 processes only, as it does on a machine of a real cluster.
 
 Usage: python node_loss.py SPEC.json (see test_cluster.py); writes its logs, the two outputs'
-manifests and `result.json` to SPEC["results"].
+manifests and `result.json` to SPEC["results"]. `python node_loss.py ray-stop-when-told` is the
+armed `ray stop` (Cluster.arm_ray_stop).
 """
 
 from __future__ import annotations
@@ -93,10 +94,10 @@ class Cluster:
         """`ray stop` in worker `name`'s PID and mount namespaces, where it finds that node's
         processes only; loaded ahead (Python and Ray take seconds to import on a busy machine) and
         run when a line is written to its stdin (closing stdin disarms it)."""
-        log = open(self.results / f"ray_stop_{name}.log", "wb")
-        return subprocess.Popen(["nsenter", f"--target={self.first_pid(name)}", "--pid", "--mount",
-                                 sys.executable, os.path.abspath(__file__), "ray-stop-when-told"],
-                                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.results / f"ray_stop_{name}.log", "wb") as log:
+            return subprocess.Popen(["nsenter", f"--target={self.first_pid(name)}", "--pid", "--mount",
+                                     sys.executable, os.path.abspath(__file__), "ray-stop-when-told"],
+                                    stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
 
 
 def ray_stop_when_told() -> None:

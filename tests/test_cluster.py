@@ -31,8 +31,6 @@ GCS_PORT, DASHBOARD_PORT = 6379, 8265
 SCRIPT = r"""
 set -u
 R={results}
-ip link set lo up
-mount -t tmpfs -o size=1g tmpfs /dev/shm
 step() {{ name=$1; shift; timeout {step_timeout} "$@" > "$R/$name.log" 2>&1; echo $? > "$R/$name.rc"; }}
 step head {ray} start --head --node-ip-address=127.0.0.1 --port={gcs} --num-cpus=1 --object-store-memory=150000000 \
   --temp-dir={ray_tmp}/head --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port={dashboard} \
@@ -88,6 +86,24 @@ def tool(name: str) -> str:
     return local if os.access(local, os.X_OK) else (shutil.which(name) or name)
 
 
+def in_namespaces(script: str, ray_tmp: str, timeout: float, **env: str) -> None:
+    """Run the bash `script` in fresh namespaces with loopback up and a private /dev/shm, in this
+    environment less Ray's loopback switch (it refuses a multi-node cluster) and address, with no
+    token auth, usage stats or progress bars plus `env`; then remove `ray_tmp` (Ray's temp dirs)."""
+    full = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    full.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_DATA_DISABLE_PROGRESS_BARS="1", **env)
+    try:
+        subprocess.run([*NAMESPACES, "bash", "-c", f"ip link set lo up && mount -t tmpfs -o size=1g tmpfs /dev/shm || exit 1\n{script}"],
+                       env=full, timeout=timeout, check=False)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def log_tail(results, name: str) -> str:
+    p = results / f"{name}.log"
+    return p.read_text(errors="replace")[-3000:] if p.exists() else "(no log)"
+
+
 def read_manifests(out) -> tuple[list[dict], list[dict]]:
     videos = pads.dataset(os.path.join(out, "videos"), format="parquet").to_table().to_pylist()
     clips = pads.dataset(os.path.join(out, "clips"), format="parquet").to_table().to_pylist()
@@ -113,23 +129,14 @@ def test_two_node_cluster_run_and_job_submit(tmp_path):
         results=results, step_timeout=180, ray=tool("ray"), curate=tool("curate"), python=sys.executable,
         gcs=GCS_PORT, dashboard=DASHBOARD_PORT, ray_tmp=ray_tmp, pipeline=pipeline, out_cli=out_cli, out_job=out_job,
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_DATA_DISABLE_PROGRESS_BARS="1", INSPECT=INSPECT)
-    try:
-        subprocess.run([*NAMESPACES, "bash", "-c", script], env=env, timeout=600, check=False)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    in_namespaces(script, ray_tmp, timeout=600, INSPECT=INSPECT)
 
     def step(name: str) -> int:
         rc = results / f"{name}.rc"
         return int(rc.read_text()) if rc.exists() else -1
 
-    def log(name: str) -> str:
-        p = results / f"{name}.log"
-        return p.read_text(errors="replace")[-3000:] if p.exists() else "(no log)"
-
     for name in ("head", "worker", "run", "inspect", "job"):
-        assert step(name) == 0, f"{name} failed (rc {step(name)}):\n{log(name)}"
+        assert step(name) == 0, f"{name} failed (rc {step(name)}):\n{log_tail(results, name)}"
 
     cluster = json.loads((results / "cluster.json").read_text())
     alive = [n for n in cluster["nodes"] if n["alive"]]
@@ -146,7 +153,7 @@ def test_two_node_cluster_run_and_job_submit(tmp_path):
         assert {v["status"] for v in videos} == {"ok"}
     assert len(cli_clips) >= 4
     assert sorted(c["clip_id"] for c in cli_clips) == sorted(c["clip_id"] for c in job_clips)
-    assert "succeeded" in log("job")
+    assert "succeeded" in log_tail(results, "job")
     assert json.loads((out_job / "summary.json").read_text())["videos_ok"] == len(footage)
 
 
@@ -193,26 +200,16 @@ def test_three_node_cluster_run_survives_ray_stop_on_a_node(tmp_path):
         "pipeline": str(pipeline), "ray": tool("ray"), "curate": tool("curate"), "worker_cpus": 2, "run_timeout": 240,
     }))
     here = os.path.dirname(os.path.abspath(__file__))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
     # TMPDIR: what Ray and the nodes' downloads leave in the temp dir goes with `ray_tmp`; `ray stop`
     # forgets the cluster address kept there, not the machine's.
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_DATA_DISABLE_PROGRESS_BARS="1", TMPDIR=ray_tmp,
-               PYTHONPATH=os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")])))
-    script = f"ip link set lo up && mount -t tmpfs -o size=1g tmpfs /dev/shm && exec {sys.executable} {here}/node_loss.py {spec}"
-    try:
-        subprocess.run([*NAMESPACES, "bash", "-c", script], env=env, timeout=540, check=False)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-
-    def log(name: str) -> str:
-        p = results / f"{name}.log"
-        return p.read_text(errors="replace")[-3000:] if p.exists() else "(no log)"
+    in_namespaces(f"exec {sys.executable} {here}/node_loss.py {spec}", ray_tmp, timeout=540, TMPDIR=ray_tmp,
+                  PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
 
     result = json.loads((results / "result.json").read_text()) if (results / "result.json").exists() else {}
-    assert result.get("undisturbed_rc") == 0, log("undisturbed")
+    assert result.get("undisturbed_rc") == 0, log_tail(results, "undisturbed")
     stopped = result.get("stopped")
-    assert stopped in ("w1", "w2"), f"no worker node was stopped midway ({result.get('stopped_at_s')} s):\n{log('disturbed')}"
-    assert result["disturbed_rc"] == 0, log("disturbed")
+    assert stopped in ("w1", "w2"), f"no worker node was stopped midway ({result.get('stopped_at_s')} s):\n{log_tail(results, 'disturbed')}"
+    assert result["disturbed_rc"] == 0, log_tail(results, "disturbed")
     assert result["alive_after"] == sorted({"head", "w1", "w2"} - {stopped})
     # Midway: parts were committed before the stop and after it.
     assert 1 <= result["parts_when_stopped"] < len([k for k in result["disturbed_keys"] if k.startswith("videos/")])
