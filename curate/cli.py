@@ -100,6 +100,14 @@ def cmd_run(args) -> int:
     except OSError as e:  # a full disk or an output that became unwritable midway
         where = f"{e.filename}: " if e.filename else ""
         return fail(f"{where}{e.strerror or e}; nothing half-written is kept, rerun to resume", code=1)
+    except Exception as e:
+        from ray.exceptions import RayError
+
+        if not isinstance(e, RayError):
+            raise
+        # The cluster failed under the run (nodes lost past Ray's retries): committed parts stay.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return fail(f"Ray: {type(e).__name__}: {first}; nothing half-written is kept, rerun to resume", code=1)
     return summary.exit_code
 
 
