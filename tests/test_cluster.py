@@ -231,4 +231,4 @@ def test_three_node_cluster_run_survives_ray_stop_on_a_node(tmp_path):
     assert sorted(disturbed_videos, key=lambda v: v["video_id"]) == sorted(videos, key=lambda v: v["video_id"])
     assert sorted(disturbed_clips, key=lambda c: c["clip_id"]) == sorted(clips, key=lambda c: c["clip_id"])
     others = [k for k in result["disturbed_keys"] if not k.startswith(("videos/part-", "clips/part-"))]
-    assert others == ["report.html", "summary.json"]
+    assert others == ["README.md", "report.html", "summary.json"]
