@@ -357,7 +357,7 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
         if isinstance(stage, GlobalStage):
             t0 = time.perf_counter()
             stage.setup()
-            manifest.rewrite_clips(store, stage.process_manifest, out_schema)
+            echo(f"curate: {stage.name}: {stage.process_manifest(store)}")
             metrics_data[stage.name] = {"clips": 0, "frames": 0, "busy_s": time.perf_counter() - t0}
 
     videos, clips = manifest.read_dir(store, manifest.VIDEOS_DIR), manifest.read_dir(store, manifest.CLIPS_DIR)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.record import VIDEO_SCHEMA
-from curate.storage import Store
+from curate.storage import Store, is_s3
 
 CLIPS_DIR, VIDEOS_DIR = "clips", "videos"
 
@@ -110,20 +110,21 @@ class ManifestWriter:
             raise RuntimeError(f"{len(self.open)} videos never completed (first: {missing})")
 
 
-def rewrite_clips(store: Store, update, clip_schema: pa.Schema) -> None:
-    """Apply `update(table) -> table` to all committed clips at once (dedup compares clips across
-    parts), then write back each part whose rows changed, one atomic rewrite per part."""
-    names = [n for n in store.list(CLIPS_DIR) if n.endswith(".parquet")]
-    if not names:
-        return
-    parts = [pq.read_table(io.BytesIO(store.read_bytes(f"{CLIPS_DIR}/{n}"))).select(clip_schema.names).cast(clip_schema)
-             for n in names]
-    new = update(pa.concat_tables(parts)).select(clip_schema.names).cast(clip_schema)
-    if new.num_rows != sum(p.num_rows for p in parts):
-        raise RuntimeError(f"a global stage returned {new.num_rows} rows for {sum(p.num_rows for p in parts)}")
-    offset = 0
-    for name, part in zip(names, parts):
-        updated = new.slice(offset, part.num_rows)
-        offset += part.num_rows
-        if not updated.equals(part):
-            store.write_bytes(f"{CLIPS_DIR}/{name}", _to_parquet(updated))
+def committed_clip_parts(store: Store) -> list[str]:
+    """Names of the clips parts whose videos twin is committed, sorted (a clips part alone is what
+    a run killed between the two writes leaves; it counts for nothing)."""
+    videos = set(store.list(VIDEOS_DIR))
+    return [n for n in store.list(CLIPS_DIR) if n.endswith(".parquet") and n in videos]
+
+
+def read_clips_part(store: Store, name: str, columns: list[str] | None = None) -> pa.Table:
+    """One clips part: every column, or those of `columns` it has (a local part reads only their
+    column chunks; an S3 part is fetched whole)."""
+    rel = f"{CLIPS_DIR}/{name}"
+    f = pq.ParquetFile(pa.BufferReader(store.read_bytes(rel)) if is_s3(store.root) else store.uri(rel))
+    return f.read(columns=None if columns is None else [c for c in dict.fromkeys(columns) if c in f.schema_arrow.names])
+
+
+def write_clips_part(store: Store, name: str, table: pa.Table) -> None:
+    """Replace one clips part, in one atomic write."""
+    store.write_bytes(f"{CLIPS_DIR}/{name}", _to_parquet(table))

@@ -149,6 +149,17 @@ class Store:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.uri(rel))
 
+    def delete_tree(self, rel_dir: str) -> None:
+        """Delete everything under `rel_dir`, at any depth (scratch data)."""
+        if is_s3(self.root):
+            bucket, prefix = split_s3(self.uri(rel_dir).rstrip("/") + "/")
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            return
+        shutil.rmtree(self.uri(rel_dir), ignore_errors=True)
+
     def clean_temp(self, rel_dir: str) -> None:
         """Remove half-written temp files a killed run left behind (local only; S3 PUTs are atomic)."""
         if is_s3(self.root):
