@@ -33,6 +33,7 @@ a resumed run or another threshold gives the same result as a first run.
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import io
 import json
@@ -42,7 +43,8 @@ import resource
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -72,14 +74,15 @@ class DedupStage(GlobalStage):
     score_column: str = "aesthetic_score"
     fallback_column: str = "motion_score"
     method: Literal["kmeans", "exact"] = "kmeans"
-    # Mean clips per k-means cluster: pairwise work is about candidates * cluster_size * probes.
-    cluster_size: int = Field(500, ge=2)
+    # Mean clips per k-means cluster: pairwise work is about candidates * cluster_size * probes / 2.
+    cluster_size: int = Field(250, ge=2)
     # Clusters each clip is compared in (its nearest centroids); 1 is SemDeDup's hard assignment.
-    probes: int = Field(4, ge=1)
+    # 5 found >= 0.99 of the exact method's pairs on synthetic CLIP-like data (bench/README.md).
+    probes: int = Field(5, ge=1)
     seed: int = 0
     # Clips one pairwise task holds (about task_rows * 3 KB of 768-d float32 embeddings); a
     # single cluster larger than this (or the whole set, for `exact`) is still one task.
-    task_rows: int = Field(100_000, ge=1)
+    task_rows: int = Field(50_000, ge=1)
     block: int = Field(4096, ge=1)  # rows of one tile of the similarity matrix
 
     def outputs(self) -> list[pa.Field]:
@@ -96,7 +99,7 @@ class DedupStage(GlobalStage):
         try:
             fraction = min(1.0, SAMPLE_PER_CLUSTER / self.cluster_size) if self.method == "kmeans" else 0.0
             rows, dims, columns = [], set(), set()
-            for r in tasks.map(_scan, [(*job, i, n, fraction) for i, n in enumerate(names)]):
+            for r in tasks.map(_scan, ((*job, i, n, fraction) for i, n in enumerate(names))):
                 rows.append(r["rows"])
                 stats.candidates += r["candidates"]
                 dims |= r["dims"]
@@ -108,19 +111,22 @@ class DedupStage(GlobalStage):
             decided: set[int] = set()
             if stats.candidates >= 2:
                 plan, stats.clusters, buckets = tasks.plan(job, stats.candidates)
-                groups = _pack(rows, self.task_rows)
-                tasks.map(_assign, [(*job, [(i, names[i]) for i in g], plan, score) for g in groups])
-                for r in tasks.map(_pairs, [(*job, b) for b in range(buckets)]):
+                # Assigning holds a quarter of a pairwise task: several per task keep every CPU busy.
+                groups = _pack(rows, max(1, self.task_rows // 4))
+                for r in tasks.map(_assign, ((*job, [(i, names[i]) for i in g], plan, score) for g in groups)):
+                    stats.copies += r["copies"]
+                for r in tasks.map(_pairs, ((*job, b) for b in range(buckets))):
                     stats.compared += r["compared"]
                 [r] = tasks.map(_resolve, [job])
                 decided, stats.pairs, stats.duplicates = set(r["parts"]), r["pairs"], r["duplicates"]
-            applied = tasks.map(_apply, [(*job, i, n, i in decided) for i, n in enumerate(names)])
-            stats.rewritten = sum(r["rewritten"] for r in applied)
+            for r in tasks.map(_apply, ((*job, i, n, i in decided) for i, n in enumerate(names))):
+                stats.rewritten += r["rewritten"]
         finally:
             store.delete_tree(SCRATCH)
         stats.wall_s = time.perf_counter() - t0
         stats.driver_rss_mb = _rss_mb()
         stats.worker_rss_mb = tasks.worker_rss_mb
+        stats.steps_s = tasks.seconds
         return stats
 
 
@@ -131,6 +137,7 @@ class DedupStats:
     clips: int = 0
     candidates: int = 0
     clusters: int = 0
+    copies: int = 0  # candidates' embeddings written to scratch (once per pairwise task they join)
     compared: int = 0  # clip pairs whose similarity was computed
     pairs: int = 0  # ...at or above the threshold
     duplicates: int = 0
@@ -138,6 +145,7 @@ class DedupStats:
     wall_s: float = 0.0
     driver_rss_mb: float = 0.0  # peak RSS of the calling process
     worker_rss_mb: float = 0.0  # largest peak RSS of a Ray worker that ran a dedup task (0 without Ray)
+    steps_s: dict[str, float] = field(default_factory=dict)  # wall time of each step
 
     def __str__(self) -> str:
         method = "exact" if self.clusters <= 1 else f"kmeans, {self.clusters} clusters"
@@ -160,6 +168,7 @@ class _Tasks:
         ray = sys.modules.get("ray")
         self.ray = ray if ray is not None and ray.is_initialized() else None
         self.worker_rss_mb = 0.0
+        self.seconds: dict[str, float] = {}  # wall time of each step
         if self.ray is None:
             return
         self.window = 2 * max(1, int(self.ray.cluster_resources().get("CPU", 1)))
@@ -168,20 +177,28 @@ class _Tasks:
         env = {n: os.environ[n] for n in names if os.environ.get(n)}
         self.options = {"num_cpus": 1, **({"runtime_env": {"env_vars": env}} if env else {})}
 
-    def _seen(self, result: dict) -> dict:
-        self.worker_rss_mb = max(self.worker_rss_mb, result.pop("rss_mb"))
+    def _seen(self, result: dict, worker: bool = True) -> dict:
+        rss = result.pop("rss_mb")
+        if worker:
+            self.worker_rss_mb = max(self.worker_rss_mb, rss)
         return result
 
-    def map(self, fn, args: list[tuple]) -> list[dict]:
+    def map(self, fn, args: Iterable[tuple]) -> Iterator[dict]:
+        """fn(*a) for each of `args`, in order, as they finish (consume them all)."""
+        t0 = time.perf_counter()
         if self.ray is None:
-            return [{k: v for k, v in fn(*a).items() if k != "rss_mb"} for a in args]
-        remote = self.ray.remote(fn).options(**self.options)
-        refs, out = [], []
-        for a in args:
-            if len(refs) - len(out) >= self.window:
-                out.append(self._seen(self.ray.get(refs[len(out)])))
-            refs.append(remote.remote(*a))
-        return out + [self._seen(r) for r in self.ray.get(refs[len(out) :])]
+            for a in args:
+                yield self._seen(fn(*a), worker=False)
+        else:
+            remote = self.ray.remote(fn).options(**self.options)
+            pending: collections.deque = collections.deque()
+            for a in args:
+                if len(pending) >= self.window:
+                    yield self._seen(self.ray.get(pending.popleft()))
+                pending.append(remote.remote(*a))
+            while pending:
+                yield self._seen(self.ray.get(pending.popleft()))
+        self.seconds[fn.__name__.strip("_")] = time.perf_counter() - t0
 
     def plan(self, job: tuple, candidates: int) -> tuple:
         """(plan or its object ref, clusters, pairwise tasks): one cluster for `exact` or fewer than
@@ -191,11 +208,14 @@ class _Tasks:
         k = math.ceil(candidates / stage.cluster_size) if stage.method == "kmeans" else 1
         if k <= 1:
             return _Plan(None, np.zeros(1, np.int64)), 1, 1
+        t0 = time.perf_counter()
         if self.ray is None:
             plan, info = _train(*job, candidates)
+            info = self._seen(info, worker=False)
         else:
             plan, info = self.ray.remote(_train).options(num_returns=2, **self.options).remote(*job, candidates)
             info = self._seen(self.ray.get(info))
+        self.seconds["train"] = time.perf_counter() - t0
         return plan, info["clusters"], info["buckets"]
 
 
@@ -304,14 +324,29 @@ def _train(root: str, s3: S3Config, scratch: str, stage: DedupStage, candidates:
         return _Plan(None, np.zeros(1, np.int64)), {"clusters": 1, "buckets": 1, "rss_mb": _rss_mb()}
     x = _matrix(sample["embedding"])[np.argsort(sample["hash"].to_numpy(), kind="stable")]
     clusters = kmeans.train(x, min(math.ceil(candidates / stage.cluster_size), len(x)), stage.seed)
-    # Expected clips per cluster (own and probing), from the sample: consecutive clusters (one
-    # coarse cell's are adjacent, so a clip's probes mostly share a task) are packed into tasks.
-    near = kmeans.nearest(clusters, x, stage.probes)
-    expected = np.bincount(near[near >= 0], minlength=clusters.k) * (candidates / len(x))
-    task_of = np.zeros(clusters.k, np.int64)
-    for t, group in enumerate(_pack(expected, stage.task_rows)):
-        task_of[group] = t
+    task_of = _tasks_for(kmeans.nearest(clusters, x, stage.probes), clusters.k, candidates / len(x), stage.task_rows)
     return _Plan(clusters, task_of), {"clusters": clusters.k, "buckets": int(task_of[-1]) + 1, "rss_mb": _rss_mb()}
+
+
+def _tasks_for(near: np.ndarray, k: int, scale: float, task_rows: int) -> np.ndarray:
+    """The pairwise task of each of k clusters: runs of consecutive clusters (a coarse cell's are
+    adjacent, so a clip's probes mostly fall in one run), each run holding at most about
+    `task_rows` distinct clips, estimated from the sample's nearest clusters `near` (a sample
+    clip stands for `scale` clips). Larger runs mean fewer clips copied to several tasks."""
+    own = np.bincount(near[:, 0], minlength=k) * scale
+    limit = float(task_rows)
+    for _ in range(8):
+        task_of = np.zeros(k, np.int64)
+        for t, group in enumerate(_pack(own, limit)):
+            task_of[group] = t
+        task = np.where(near >= 0, task_of[np.maximum(near, 0)], -1)
+        row = np.repeat(np.arange(len(near)), near.shape[1])[task.ravel() >= 0]
+        pairs = np.unique(row * (k + 1) + task.ravel()[task.ravel() >= 0])
+        largest = np.bincount(pairs % (k + 1)).max() * scale
+        if largest <= task_rows * 1.05 or limit < 1:
+            break
+        limit *= task_rows / largest
+    return task_of
 
 
 def _assign(root: str, s3: S3Config, scratch: str, stage: DedupStage, parts: list[tuple[int, str]], plan: _Plan, score: str | None) -> dict:
@@ -329,12 +364,12 @@ def _assign(root: str, s3: S3Config, scratch: str, stage: DedupStage, parts: lis
         vecs.append(e)
     key = np.concatenate(keys)
     if not len(key):
-        return {"rss_mb": _rss_mb()}
+        return {"copies": 0, "rss_mb": _rss_mb()}
     x = np.concatenate([v for v in vecs if len(v)])
     near = np.zeros((len(x), 1), np.int64) if plan.clusters is None else kmeans.nearest(plan.clusters, x, stage.probes)
     task = np.where(near >= 0, plan.task_of[np.maximum(near, 0)], -1)
     ids_a, score_a = pa.array(ids, pa.string()), np.concatenate(scores)
-    group = f"g{parts[0][0]:06d}"
+    group, copies = f"g{parts[0][0]:06d}", 0
     for t in np.unique(task[task >= 0]):
         sel = np.nonzero((task == t).any(axis=1))[0]
         own = np.where(task[sel, 0] == t, near[sel, 0], -1)
@@ -351,7 +386,8 @@ def _assign(root: str, s3: S3Config, scratch: str, stage: DedupStage, parts: lis
             }
         )
         _put(store, f"{scratch}/assign/t{t:05d}/{group}.parquet", table)
-    return {"rss_mb": _rss_mb()}
+        copies += len(sel)
+    return {"copies": copies, "rss_mb": _rss_mb()}
 
 
 def similar_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -375,8 +411,9 @@ def _pairs(root: str, s3: S3Config, scratch: str, stage: DedupStage, task: int) 
     table = _get(store, f"{scratch}/assign/t{task:05d}")
     if table is None:
         return {"compared": 0, "rss_mb": _rss_mb()}
-    table = table.sort_by("key")
     x = _matrix(table["embedding"])
+    table = table.drop_columns(["embedding"])
+    key = table["key"].to_numpy()
     own = table["cluster"].to_numpy()
     probes = table["probes"].combine_chunks()
     guest_row = np.repeat(np.arange(table.num_rows), np.diff(probes.offsets.to_numpy()))
@@ -394,8 +431,9 @@ def _pairs(root: str, s3: S3Config, scratch: str, stage: DedupStage, task: int) 
             found.append((g[i], m[j]))
     i = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
     j = np.concatenate([f[1] for f in found]) if found else np.zeros(0, np.int64)
-    # Rows are sorted by key: the smaller row is the smaller key. A pair seen in two clusters counts once.
-    pair = np.unique(np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1), axis=0)
+    # Each pair once, its clip with the smaller key first (a pair seen in two clusters counts once).
+    first = key[i] < key[j]
+    pair = np.unique(np.stack([np.where(first, i, j), np.where(first, j, i)], axis=1), axis=0)
     if len(pair):
         ends = {f"{side}_{col}": table[col].take(pa.array(pair[:, n])) for n, side in enumerate("ab") for col in ("key", "clip_id", "score")}
         _put(store, f"{scratch}/pairs/t{task:05d}.parquet", pa.table(ends))
@@ -500,8 +538,8 @@ def cmd_dedup(args) -> int:
         ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING")
     try:
         stats = stage.process_manifest(store)
-    except ValueError as e:
-        return fail(str(e), code=1)
+    except ValueError as e:  # on Ray, the task's error wraps it
+        return fail(str(getattr(e, "cause", e)), code=1)
     print(f"curate dedup: {stats}")
     if args.json:
         with open(args.json, "w") as f:
@@ -521,8 +559,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["score-only", "filter"], help="filter: duplicates are no longer kept (default score-only)")
     p.add_argument("--score-column", help="the best-scored clip of a group keeps (default aesthetic_score)")
     p.add_argument("--fallback-column", help="used when the score column is absent (default motion_score)")
-    p.add_argument("--cluster-size", type=int, help="mean clips per k-means cluster (default 500)")
-    p.add_argument("--probes", type=int, help="nearest clusters each clip is compared in (default 4)")
+    p.add_argument("--cluster-size", type=int, help="mean clips per k-means cluster (default 250)")
+    p.add_argument("--probes", type=int, help="nearest clusters each clip is compared in (default 5)")
     p.add_argument("--seed", type=int, help="k-means seed (default 0)")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: a local Ray)")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint of an s3:// OUTPUT")

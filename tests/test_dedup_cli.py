@@ -91,3 +91,16 @@ def test_cli_on_an_s3_output(corpus, tmp_path, ray_session, monkeypatch):
         assert main(["dedup", store.root, "--endpoint-url", s3.endpoint_url, "--cluster-size", "100"]) == 0
         assert outcome(store) == stage_outcome(corpus, tmp_path / "stage", cluster_size=100)
         assert s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"run/{SCRATCH}").get("KeyCount") == 0
+
+
+def test_embeddings_of_two_models_fail_in_one_line_and_change_nothing(tmp_path, ray_session, capsys):
+    import pyarrow as pa
+    from dedup_data import write_part
+
+    store = Store(str(tmp_path / "out"))
+    mixed = pa.concat_tables([Corpus(1, 50, d=80).table(0), Corpus(1, 50, d=96, seed=1).table(0)])
+    write_part(store, "part-00000.parquet", mixed)  # the check inside a Ray task
+    before = store.read_bytes("clips/part-00000.parquet")
+    assert main(["dedup", store.root]) == 1
+    assert capsys.readouterr().err == "curate: error: clip_embedding lengths differ ([80, 96]): embeddings from different models\n"
+    assert store.read_bytes("clips/part-00000.parquet") == before
