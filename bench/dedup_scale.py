@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where the manifests go (default: a temp dir); each is deleted after")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--procs", type=int, default=2, help="processes generating parts")
+    ap.add_argument("--scratch-gb", default=None, help="passed to curate dedup (bounds the disk scratch takes)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     base = args.dir or tempfile.mkdtemp(prefix="dedup-bench-")
@@ -85,10 +86,11 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
         gen_s = generate(root, n, args.rows, args.seed, args.procs)
         print(f"{n} clips: generated in {gen_s:.0f}s, load average {os.getloadavg()[0]:.1f}", flush=True)
-        row = {"clips": n, "generate_s": gen_s, "kmeans": dedup(root)}
+        common = ["--scratch-gb", args.scratch_gb] if args.scratch_gb else []
+        row = {"clips": n, "generate_s": gen_s, "kmeans": dedup(root, *common)}
         if n == args.recall:
-            row["exact"] = dedup(root, "--method", "exact")
-            row["kmeans_1probe"] = dedup(root, "--probes", "1")
+            row["exact"] = dedup(root, "--method", "exact", *common)
+            row["kmeans_1probe"] = dedup(root, "--probes", "1", *common)
             row["recall"] = row["kmeans"]["pairs"] / row["exact"]["pairs"]
             row["recall_1probe"] = row["kmeans_1probe"]["pairs"] / row["exact"]["pairs"]
             print(f"  recall against exact: {row['recall']:.4f} (1 probe: {row['recall_1probe']:.4f})", flush=True)

@@ -84,6 +84,10 @@ class DedupStage(GlobalStage):
     # single cluster larger than this (or the whole set, for `exact`) is still one task.
     task_rows: int = Field(50_000, ge=1)
     block: int = Field(4096, ge=1)  # rows of one tile of the similarity matrix
+    # Most GB of embeddings the assign step may hold in scratch at once (None: no limit). Each clip
+    # is copied to every pairwise task it joins (3-4x the embeddings at the defaults); past this
+    # the pairwise tasks run in waves, and the parts are read once per wave.
+    scratch_gb: float | None = Field(None, gt=0)
 
     def outputs(self) -> list[pa.Field]:
         return [pa.field("duplicate_of", pa.string())]
@@ -110,13 +114,19 @@ class DedupStage(GlobalStage):
             score = next((c for c in (self.score_column, self.fallback_column) if c in columns), None)
             decided: set[int] = set()
             if stats.candidates >= 2:
-                plan, stats.clusters, buckets = tasks.plan(job, stats.candidates)
+                plan, stats.clusters, task_clips = tasks.plan(job, stats.candidates)
                 # Assigning holds a quarter of a pairwise task: several per task keep every CPU busy.
                 groups = _pack(rows, max(1, self.task_rows // 4))
-                for r in tasks.map(_assign, ((*job, [(i, names[i]) for i in g], plan, score) for g in groups)):
-                    stats.copies += r["copies"]
-                for r in tasks.map(_pairs, ((*job, b) for b in range(buckets))):
-                    stats.compared += r["compared"]
+                bytes_per_clip = 4 * max(dims)
+                limit = self.scratch_gb * 1e9 / bytes_per_clip if self.scratch_gb else math.inf
+                for wave in _pack(task_clips, limit):
+                    stats.waves += 1
+                    span = (wave[0], wave[-1] + 1)
+                    for r in tasks.map(_assign, ((*job, [(i, names[i]) for i in g], plan, score, span) for g in groups)):
+                        stats.copies += r["copies"]
+                    for r in tasks.map(_pairs, ((*job, t) for t in wave)):
+                        stats.compared += r["compared"]
+                    store.delete_tree(f"{scratch}/assign")
                 [r] = tasks.map(_resolve, [job])
                 decided, stats.pairs, stats.duplicates = set(r["parts"]), r["pairs"], r["duplicates"]
             for r in tasks.map(_apply, ((*job, i, n, i in decided) for i, n in enumerate(names))):
@@ -138,6 +148,7 @@ class DedupStats:
     candidates: int = 0
     clusters: int = 0
     copies: int = 0  # candidates' embeddings written to scratch (once per pairwise task they join)
+    waves: int = 0  # passes of assign + pairs (more than 1 only under scratch_gb)
     compared: int = 0  # clip pairs whose similarity was computed
     pairs: int = 0  # ...at or above the threshold
     duplicates: int = 0
@@ -201,13 +212,13 @@ class _Tasks:
         self.seconds[fn.__name__.strip("_")] = time.perf_counter() - t0
 
     def plan(self, job: tuple, candidates: int) -> tuple:
-        """(plan or its object ref, clusters, pairwise tasks): one cluster for `exact` or fewer than
+        """(plan or its object ref, clusters, expected clips of each pairwise task): one cluster for `exact` or fewer than
         `cluster_size` candidates, else k-means trained in a task; the centroids stay in the object
         store, not here."""
         stage = job[3]
         k = math.ceil(candidates / stage.cluster_size) if stage.method == "kmeans" else 1
         if k <= 1:
-            return _Plan(None, np.zeros(1, np.int64)), 1, 1
+            return _Plan(None, np.zeros(1, np.int64)), 1, [candidates]
         t0 = time.perf_counter()
         if self.ray is None:
             plan, info = _train(*job, candidates)
@@ -216,7 +227,7 @@ class _Tasks:
             plan, info = self.ray.remote(_train).options(num_returns=2, **self.options).remote(*job, candidates)
             info = self._seen(self.ray.get(info))
         self.seconds["train"] = time.perf_counter() - t0
-        return plan, info["clusters"], info["buckets"]
+        return plan, info["clusters"], info["task_clips"]
 
 
 def _rss_mb() -> float:
@@ -321,18 +332,18 @@ def _scan(root: str, s3: S3Config, scratch: str, stage: DedupStage, part: int, n
 def _train(root: str, s3: S3Config, scratch: str, stage: DedupStage, candidates: int) -> tuple[_Plan, dict]:
     sample = _get(Store(root, s3), f"{scratch}/sample")
     if sample is None:  # no candidate drawn: too few to cluster
-        return _Plan(None, np.zeros(1, np.int64)), {"clusters": 1, "buckets": 1, "rss_mb": _rss_mb()}
+        return _Plan(None, np.zeros(1, np.int64)), {"clusters": 1, "task_clips": [candidates], "rss_mb": _rss_mb()}
     x = _matrix(sample["embedding"])[np.argsort(sample["hash"].to_numpy(), kind="stable")]
     clusters = kmeans.train(x, min(math.ceil(candidates / stage.cluster_size), len(x)), stage.seed)
-    task_of = _tasks_for(kmeans.nearest(clusters, x, stage.probes), clusters.k, candidates / len(x), stage.task_rows)
-    return _Plan(clusters, task_of), {"clusters": clusters.k, "buckets": int(task_of[-1]) + 1, "rss_mb": _rss_mb()}
+    task_of, task_clips = _tasks_for(kmeans.nearest(clusters, x, stage.probes), clusters.k, candidates / len(x), stage.task_rows)
+    return _Plan(clusters, task_of), {"clusters": clusters.k, "task_clips": task_clips.tolist(), "rss_mb": _rss_mb()}
 
 
-def _tasks_for(near: np.ndarray, k: int, scale: float, task_rows: int) -> np.ndarray:
-    """The pairwise task of each of k clusters: runs of consecutive clusters (a coarse cell's are
-    adjacent, so a clip's probes mostly fall in one run), each run holding at most about
-    `task_rows` distinct clips, estimated from the sample's nearest clusters `near` (a sample
-    clip stands for `scale` clips). Larger runs mean fewer clips copied to several tasks."""
+def _tasks_for(near: np.ndarray, k: int, scale: float, task_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pairwise task of each of k clusters, and each task's expected clips: runs of
+    consecutive clusters (a coarse cell's are adjacent, so a clip's probes often share a run),
+    each holding at most about `task_rows` distinct clips, estimated from the sample's nearest
+    clusters `near` (a sample clip stands for `scale` clips). Larger runs copy fewer clips."""
     own = np.bincount(near[:, 0], minlength=k) * scale
     limit = float(task_rows)
     for _ in range(8):
@@ -342,14 +353,16 @@ def _tasks_for(near: np.ndarray, k: int, scale: float, task_rows: int) -> np.nda
         task = np.where(near >= 0, task_of[np.maximum(near, 0)], -1)
         row = np.repeat(np.arange(len(near)), near.shape[1])[task.ravel() >= 0]
         pairs = np.unique(row * (k + 1) + task.ravel()[task.ravel() >= 0])
-        largest = np.bincount(pairs % (k + 1)).max() * scale
-        if largest <= task_rows * 1.05 or limit < 1:
+        clips = np.bincount(pairs % (k + 1), minlength=task_of[-1] + 1) * scale
+        if clips.max() <= task_rows * 1.05 or limit < 1:
             break
-        limit *= task_rows / largest
-    return task_of
+        limit *= task_rows / clips.max()
+    return task_of, clips
 
 
-def _assign(root: str, s3: S3Config, scratch: str, stage: DedupStage, parts: list[tuple[int, str]], plan: _Plan, score: str | None) -> dict:
+def _assign(
+    root: str, s3: S3Config, scratch: str, stage: DedupStage, parts: list[tuple[int, str]], plan: _Plan, score: str | None, span: tuple[int, int]
+) -> dict:
     store = Store(root, s3)
     keys, ids, scores, vecs = [], [], [], []
     for part, name in parts:
@@ -370,7 +383,7 @@ def _assign(root: str, s3: S3Config, scratch: str, stage: DedupStage, parts: lis
     task = np.where(near >= 0, plan.task_of[np.maximum(near, 0)], -1)
     ids_a, score_a = pa.array(ids, pa.string()), np.concatenate(scores)
     group, copies = f"g{parts[0][0]:06d}", 0
-    for t in np.unique(task[task >= 0]):
+    for t in np.unique(task[(task >= span[0]) & (task < span[1])]):
         sel = np.nonzero((task == t).any(axis=1))[0]
         own = np.where(task[sel, 0] == t, near[sel, 0], -1)
         guest = task[sel, 1:] == t
@@ -518,7 +531,8 @@ def cmd_dedup(args) -> int:
     from curate.cli import fail
     from curate.config import one_line_error
 
-    given = {k: getattr(args, k) for k in ("method", "threshold", "mode", "score_column", "fallback_column", "cluster_size", "probes", "seed")}
+    names = ("method", "threshold", "mode", "score_column", "fallback_column", "cluster_size", "probes", "seed", "scratch_gb")
+    given = {k: getattr(args, k) for k in names}
     try:
         stage = DedupStage(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
@@ -562,6 +576,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cluster-size", type=int, help="mean clips per k-means cluster (default 250)")
     p.add_argument("--probes", type=int, help="nearest clusters each clip is compared in (default 5)")
     p.add_argument("--seed", type=int, help="k-means seed (default 0)")
+    p.add_argument("--scratch-gb", type=float, help="most GB of scratch at once under OUTPUT (default: no limit)")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: a local Ray)")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint of an s3:// OUTPUT")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures here")

@@ -229,3 +229,14 @@ def test_a_dedup_killed_while_writing_back_reruns_to_the_same_result(corpus, tmp
     stats = stage.process_manifest(store)
     assert stats.rewritten == len(sorted(pristine)[::2])
     assert {c: result(store, c) for c in done} == done
+
+
+def test_small_tasks_and_scratch_in_waves_give_the_same_result(corpus, tmp_path):
+    one, many = copy_of(corpus, tmp_path / "one"), copy_of(corpus, tmp_path / "many")
+    whole = DedupStage(cluster_size=200).process_manifest(one)
+    # ~2000 clips per pairwise task, at most ~3300 clips' embeddings in scratch at once
+    waves = DedupStage(cluster_size=200, task_rows=2000, scratch_gb=0.01).process_manifest(many)
+    assert whole.waves == 1 and waves.waves >= 4
+    assert waves.copies > whole.copies  # a clip joins more (smaller) tasks
+    assert (waves.pairs, waves.duplicates) == (whole.pairs, whole.duplicates)
+    assert result(many) == result(one)
