@@ -92,6 +92,12 @@ class Corpus:
     def write(self, store: Store, part: int) -> None:
         write_part(store, f"part-synth-{part:05d}.parquet", self.table(part))
 
+    def commit(self, root) -> str:
+        """Every part, committed under the local directory `root`; returns it."""
+        for part in range(self.parts):
+            self.write(Store(str(root)), part)
+        return root
+
 
 def write_part(store: Store, name: str, clips: pa.Table) -> None:
     """Commit a clips part like the pipeline: the clips part, then its videos twin."""

@@ -26,11 +26,7 @@ BUCKET = "curate-dedup"
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """4 parts of 1000 clips with planted duplicates."""
-    root = tmp_path_factory.mktemp("corpus")
-    c = Corpus(parts=4, rows=1000, seed=7)
-    for p in range(c.parts):
-        c.write(Store(str(root)), p)
-    return root
+    return Corpus(parts=4, rows=1000, seed=7).commit(tmp_path_factory.mktemp("corpus"))
 
 
 def outcome(store: Store) -> dict:

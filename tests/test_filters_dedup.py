@@ -162,11 +162,7 @@ def test_tiled_pairs_match_the_full_matrix():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """8 parts of 1500 clips (12k, 768-d), about 1300 planted duplicates, many across parts."""
-    root = tmp_path_factory.mktemp("corpus")
-    c = Corpus(parts=8, rows=1500, seed=3)
-    for p in range(c.parts):
-        c.write(Store(str(root)), p)
-    return root
+    return Corpus(parts=8, rows=1500, seed=3).commit(tmp_path_factory.mktemp("corpus"))
 
 
 def copy_of(corpus, dest):
