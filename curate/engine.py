@@ -356,6 +356,7 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, echo=print) ->
     for stage in stages:
         if isinstance(stage, GlobalStage):
             t0 = time.perf_counter()
+            init_ray(cfg, address, stages)  # its steps are Ray tasks, also when no video was left to run
             stage.setup()
             echo(f"curate: {stage.name}: {stage.process_manifest(store)}")
             metrics_data[stage.name] = {"clips": 0, "frames": 0, "busy_s": time.perf_counter() - t0}
