@@ -58,24 +58,29 @@ def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     return km.centroids
 
 
-def train(sample: np.ndarray, k: int, seed: int, min_points: int = 39) -> Clusters:
-    """About `k` fine centroids for the unit vectors `sample` (n, d), n >= k.
+def train(sample: np.ndarray, k: int, seed: int, order: np.ndarray | None = None, min_points: int = 39) -> Clusters:
+    """About `k` fine centroids for the unit vectors `sample` (n, d; float16 is enough), n >= k,
+    taking the rows in `order` (default as given): with a hash order the result does not depend on
+    where the rows came from. Deterministic for a given order and seed.
 
-    Each coarse cell gets fine centroids in proportion to its share of the sample, but never fewer
-    than `min_points` sample vectors per centroid (faiss's own floor for a meaningful k-means).
-    Empty coarse cells are dropped. Deterministic for a given sample order and seed.
+    The coarse k-means sees the first 256 rows per cell in that order (faiss would subsample to as
+    many); each coarse cell then gets fine centroids in proportion to its share of the sample, but
+    never fewer than `min_points` sample vectors per centroid (faiss's own floor for a meaningful
+    k-means). Empty cells are dropped. Only one cell's rows are ever converted to float32.
     """
+    order = np.arange(len(sample)) if order is None else order
     k1 = math.isqrt(k - 1) + 1 if k > 1 else 1
-    coarse = _kmeans(sample, min(k1, len(sample)), seed)
-    cell = np.argmax(sample @ coarse.T, axis=1)
+    coarse = _kmeans(sample[order[: 256 * k1]].astype(np.float32), min(k1, len(sample)), seed)
+    cell = np.concatenate([np.argmax(sample[i : i + 65536].astype(np.float32) @ coarse.T, axis=1) for i in range(0, len(sample), 65536)])
+    ranked = cell[order]
     kept, fine, start = [], [], [0]
     for j in range(len(coarse)):
-        members = sample[cell == j]
+        members = order[ranked == j]
         if not len(members):
             continue
         kj = max(1, min(round(k * len(members) / len(sample)), len(members) // min_points))
         kept.append(j)
-        fine.append(_kmeans(members, kj, seed + 1 + j))
+        fine.append(_kmeans(sample[members].astype(np.float32), kj, seed + 1 + j))
         start.append(start[-1] + kj)
     return Clusters(coarse[kept], np.concatenate(fine), np.array(start, np.int64))
 
@@ -88,6 +93,7 @@ def nearest(clusters: Clusters, x: np.ndarray, probes: int, coarse_probes: int =
 
 
 def _nearest(clusters: Clusters, x: np.ndarray, probes: int, coarse_probes: int) -> np.ndarray:
+    x = x.astype(np.float32, copy=False)
     probes = min(probes, clusters.k)
     coarse_probes = min(coarse_probes, len(clusters.coarse))
     cells = np.argpartition(-(x @ clusters.coarse.T), coarse_probes - 1, axis=1)[:, :coarse_probes]
