@@ -8,7 +8,8 @@ Each size is generated part by part (streaming; `--rows` clips per part) under `
 figures are that run's), and the manifest is deleted. The driver's peak RSS is that process's
 ru_maxrss; the largest worker's is the largest ru_maxrss any dedup task reported.
 
-    python bench/dedup_scale.py --sizes 100000 1000000 5000000 --recall 100000
+    python bench/dedup_scale.py --sizes 100000 1000000 5000000 --recall 100000 --scratch-gb 20
+    python bench/dedup_scale.py --sizes 100000 --recall 100000 --try 250:1 --try 500:4 ...
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 5_000_000])
     ap.add_argument("--recall", type=int, default=100_000, help="size at which exact also runs (0: none)")
+    ap.add_argument("--try", dest="tries", action="append", default=[], metavar="CLUSTER_SIZE:PROBES",
+                    help="other k-means settings whose recall to measure there (default: 250:1, SemDeDup's one probe)")
     ap.add_argument("--rows", type=int, default=2000, help="clips per manifest part")
     ap.add_argument("--dir", default=None, help="where the manifests go (default: a temp dir); each is deleted after")
     ap.add_argument("--seed", type=int, default=0)
@@ -89,11 +92,18 @@ def main() -> None:
         common = ["--scratch-gb", args.scratch_gb] if args.scratch_gb else []
         row = {"clips": n, "generate_s": gen_s, "kmeans": dedup(root, *common)}
         if n == args.recall:
-            row["exact"] = dedup(root, "--method", "exact", *common)
-            row["kmeans_1probe"] = dedup(root, "--probes", "1", *common)
-            row["recall"] = row["kmeans"]["pairs"] / row["exact"]["pairs"]
-            row["recall_1probe"] = row["kmeans_1probe"]["pairs"] / row["exact"]["pairs"]
-            print(f"  recall against exact: {row['recall']:.4f} (1 probe: {row['recall_1probe']:.4f})", flush=True)
+            exact = row["exact"] = dedup(root, "--method", "exact", *common)
+            for setting in ["default"] + (args.tries or ["250:1"]):
+                stats = row["kmeans"]
+                if setting != "default":
+                    size, probes = setting.split(":")
+                    stats = row[setting] = dedup(root, "--cluster-size", size, "--probes", probes, *common)
+                print(
+                    f"  {setting}: recall {stats['pairs'] / exact['pairs']:.4f} of exact's {exact['pairs']} pairs, "
+                    f"{stats['compared'] / stats['candidates']:.0f} pairs compared and {stats['copies'] / stats['candidates']:.2f} "
+                    f"scratch copies per clip, {stats['wall_s']:.0f}s (exact {exact['wall_s']:.0f}s)",
+                    flush=True,
+                )
         row["load_end"] = os.getloadavg()[0]
         results.append(row)
         shutil.rmtree(root, ignore_errors=True)
