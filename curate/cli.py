@@ -1,4 +1,4 @@
-"""`curate` command line: run, validate, models, report, export, eval-shots, and the trainer's shard/train/sample."""
+"""`curate` command line: run, validate, models, report, export, eval-shots, dedup, and the trainer's shard/train/sample."""
 
 from __future__ import annotations
 
@@ -139,10 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_cmd("models", cmd_models, "list the models a pipeline needs and where they resolve")
     from curate import eval_shots, export, report
     from curate.train import cli as train_cli
+    from filters import dedup
 
     report.register(sub)
     export.register(sub)
     eval_shots.register(sub)
+    dedup.register(sub)
     train_cli.register(sub)
     return parser
 

@@ -455,8 +455,9 @@ def _run(
     for stage in stages:
         if isinstance(stage, GlobalStage):
             t0 = time.perf_counter()
+            init_ray(cfg, address, stages)  # its steps are Ray tasks, also when no video was left to run
             stage.setup()
-            manifest.rewrite_clips(store, stage.process_manifest, out_schema)
+            echo(f"curate: {stage.name}: {stage.process_manifest(store)}")
             metrics_data[stage.name] = {"clips": 0, "frames": 0, "busy_s": time.perf_counter() - t0}
 
     from curate.report import collect, write_report

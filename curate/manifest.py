@@ -62,7 +62,8 @@ def to_parquet(table: pa.Table) -> bytes:
 def _read(store: Store, rel: str, columns=None) -> pa.Table:
     """A Parquet file of the store, or the `columns` of it that it has (a list, or a function of
     the file's schema giving one); only those columns are decoded."""
-    f = pq.ParquetFile(io.BytesIO(store.read_bytes(rel)))
+    # A local part is opened in place, so that only the chosen columns' chunks are read.
+    f = pq.ParquetFile(io.BytesIO(store.read_bytes(rel)) if store.s3 else store.uri(rel))
     if callable(columns):
         columns = columns(f.schema_arrow)
     return f.read(columns=None if columns is None else [c for c in columns if c in f.schema_arrow.names])
@@ -452,20 +453,11 @@ def new_run_token() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def rewrite_clips(store: Store, update, clip_schema: pa.Schema) -> None:
-    """Apply `update(table) -> table` to all committed clips at once (dedup compares clips across
-    parts), then write back each part whose rows changed, one atomic rewrite per part."""
-    names = [n for n in store.list(CLIPS_DIR) if n.endswith(".parquet")]
-    if not names:
-        return
-    parts = [pq.read_table(io.BytesIO(store.read_bytes(f"{CLIPS_DIR}/{n}"))).select(clip_schema.names).cast(clip_schema)
-             for n in names]
-    new = update(pa.concat_tables(parts)).select(clip_schema.names).cast(clip_schema)
-    if new.num_rows != sum(p.num_rows for p in parts):
-        raise RuntimeError(f"a global stage returned {new.num_rows} rows for {sum(p.num_rows for p in parts)}")
-    offset = 0
-    for name, part in zip(names, parts):
-        updated = new.slice(offset, part.num_rows)
-        offset += part.num_rows
-        if not updated.equals(part):
-            store.write_bytes(f"{CLIPS_DIR}/{name}", to_parquet(updated))
+def read_clips_part(store: Store, name: str, columns: list[str] | None = None) -> pa.Table:
+    """One committed clips part: every column, or those of `columns` it has."""
+    return _read(store, f"{CLIPS_DIR}/{name}", None if columns is None else list(dict.fromkeys(columns)))
+
+
+def write_clips_part(store: Store, name: str, table: pa.Table) -> None:
+    """Replace one clips part, in one atomic write."""
+    store.write_bytes(f"{CLIPS_DIR}/{name}", to_parquet(table))

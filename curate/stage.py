@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from curate.models import ModelRef
+    from curate.storage import Store
 
 Mode = Literal["filter", "score-only", "off"]
 
@@ -82,5 +83,7 @@ class Stage(BaseModel):
 class GlobalStage(Stage):
     """A stage that needs every clip at once (dedup); runs on the finished clips manifest."""
 
-    def process_manifest(self, clips: pa.Table) -> pa.Table:
+    def process_manifest(self, store: Store) -> object:
+        """Rewrite the committed clips parts of the output `store`, part by part, without holding
+        the manifest in this process; returns what it did (printed by the run)."""
         raise NotImplementedError

@@ -72,3 +72,9 @@ def test_scores_filter_and_dedup_in_a_run(tmp_path, ray_session):
     assert (keeper["kept"], keeper["duplicate_of"]) == (True, None)
     assert (dup["kept"], dup["duplicate_of"], dup["filter_reasons"]) == (False, keeper["clip_id"], [f"duplicate_of {keeper['clip_id']}"])
     assert summary.clips_kept == 1
+
+    # Resumed with every video done: dedup runs again on the manifest and changes nothing.
+    lines = []
+    again = run_pipeline(cfg, address=ray_session, echo=lines.append)
+    assert again.skipped_done == 4 and any(line.startswith("curate: dedup: 2 of 4 clips compared") for line in lines), lines
+    assert pads.dataset(os.path.join(tmp_path, "out", "clips"), format="parquet").to_table().equals(clips)
