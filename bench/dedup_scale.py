@@ -5,7 +5,8 @@ exact one where exact is feasible.
 
 Each size is generated part by part (streaming; `--rows` clips per part) under `--dir`, then
 `curate dedup DIR --json ...` runs in a fresh process with its own embedded Ray (so the worker
-figures are that run's), and the manifest is deleted. The driver's peak RSS is that process's
+figures are that run's), then the end-of-run steps (recover, report and card) run on it in a
+fresh process, and the manifest is deleted. The driver's peak RSS is that process's
 ru_maxrss; the largest worker's is the largest ru_maxrss any dedup task reported.
 
     python bench/dedup_scale.py --sizes 100000 1000000 5000000 --recall 100000 --scratch-gb 20
@@ -61,6 +62,35 @@ def dedup(root: str, *options: str) -> dict:
     return stats
 
 
+# The steps a run takes on its whole output besides dedup, as the driver runs them: resume's
+# recovery (which videos are done) at the start, and at the end the report and dataset card
+# (ManifestStats streamed over every part, then rendered).
+END_OF_RUN = """
+import json, resource, sys, time
+from curate import manifest, report
+from curate.storage import Store
+store = Store(sys.argv[1])
+t0 = time.perf_counter()
+done = len(manifest.recover(store).done_ids(retry_failed=True))
+t1 = time.perf_counter()
+report.write_report(sys.argv[1], store=store)
+t2 = time.perf_counter()
+print(json.dumps({"recover_s": t1 - t0, "videos_done": done, "report_s": t2 - t1,
+                  "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def end_of_run(root: str) -> dict:
+    """Recovery and the report on the output at `root`, in a fresh process: times and its peak RSS."""
+    run = subprocess.run([sys.executable, "-c", END_OF_RUN, root], capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"end-of-run steps failed:\n{run.stderr[-3000:]}")
+    stats = json.loads(run.stdout.strip().splitlines()[-1])
+    print(f"  end of run: recover {stats['recover_s']:.1f}s ({stats['videos_done']} videos done), "
+          f"report and card {stats['report_s']:.1f}s, peak RSS {stats['driver_rss_mb']:.0f} MB", flush=True)
+    return stats
+
+
 def per_10x(a: float, b: float, n_a: int, n_b: int) -> float:
     """Growth factor of a quantity from n_a to n_b clips, as if over 10x."""
     return (b / a) ** (1 / math.log10(n_b / n_a))
@@ -90,7 +120,7 @@ def main() -> None:
         gen_s = generate(root, n, args.rows, args.seed, args.procs)
         print(f"{n} clips: generated in {gen_s:.0f}s, load average {os.getloadavg()[0]:.1f}", flush=True)
         common = ["--scratch-gb", args.scratch_gb] if args.scratch_gb else []
-        row = {"clips": n, "generate_s": gen_s, "kmeans": dedup(root, *common)}
+        row = {"clips": n, "generate_s": gen_s, "kmeans": dedup(root, *common), "end": end_of_run(root)}
         if n == args.recall:
             exact = row["exact"] = dedup(root, "--method", "exact", *common)
             for setting in ["default"] + (args.tries or ["250:1"]):
@@ -109,17 +139,23 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     measured = [r for r in results if r["clips"] in args.sizes]
-    print("\n| clips | wall s | pairs compared / clip | driver peak RSS MB | largest worker MB | load |")
-    print("|---|---|---|---|---|---|")
+    print("\n| clips | dedup wall s | pairs compared / clip | dedup driver peak RSS MB | largest worker MB "
+          "| recover s | report s | end-of-run peak RSS MB | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in measured:
-        k = r["kmeans"]
-        print(f"| {r['clips']:,} | {k['wall_s']:.0f} | {k['compared'] / k['candidates']:.0f} | {k['driver_rss_mb']:.0f} | {k['worker_rss_mb']:.0f} | {r['load_end']:.1f} |")
+        k, e = r["kmeans"], r["end"]
+        print(f"| {r['clips']:,} | {k['wall_s']:.0f} | {k['compared'] / k['candidates']:.0f} | {k['driver_rss_mb']:.0f} "
+              f"| {k['worker_rss_mb']:.0f} | {e['recover_s']:.1f} | {e['report_s']:.1f} | {e['driver_rss_mb']:.0f} | {r['load_end']:.1f} |")
     for a, b in zip(measured, measured[1:]):
-        ka, kb = a["kmeans"], b["kmeans"]
+        ka, kb, ea, eb = a["kmeans"], b["kmeans"], a["end"], b["end"]
+        grow = lambda x, y: per_10x(x, y, a["clips"], b["clips"])  # noqa: E731
         print(
-            f"{a['clips']:,} -> {b['clips']:,}: time x{kb['wall_s'] / ka['wall_s']:.2f} "
-            f"({per_10x(ka['wall_s'], kb['wall_s'], a['clips'], b['clips']):.1f}x per 10x clips), "
-            f"driver RSS x{kb['driver_rss_mb'] / ka['driver_rss_mb']:.2f}, largest worker x{kb['worker_rss_mb'] / ka['worker_rss_mb']:.2f}"
+            f"{a['clips']:,} -> {b['clips']:,}: dedup time x{kb['wall_s'] / ka['wall_s']:.2f} "
+            f"({grow(ka['wall_s'], kb['wall_s']):.1f}x per 10x clips), "
+            f"driver RSS x{kb['driver_rss_mb'] / ka['driver_rss_mb']:.2f}, largest worker x{kb['worker_rss_mb'] / ka['worker_rss_mb']:.2f}; "
+            f"end of run time x{(eb['recover_s'] + eb['report_s']) / (ea['recover_s'] + ea['report_s']):.2f} "
+            f"({grow(ea['recover_s'] + ea['report_s'], eb['recover_s'] + eb['report_s']):.1f}x per 10x), "
+            f"its RSS x{eb['driver_rss_mb'] / ea['driver_rss_mb']:.2f}"
         )
     if args.json:
         with open(args.json, "w") as f:

@@ -11,6 +11,7 @@ clip_id) occur. Everything is a function of (seed, part): any part can be made a
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 
@@ -82,6 +83,10 @@ class Corpus:
         cols = {
             "clip_id": [f"{v}_{r % 8 * 100}_{r % 8 * 100 + 100}" for r, v in enumerate(video)],
             "video_id": video,
+            "source_uri": [f"synthetic/{v}.mp4" for v in video],
+            "start_s": np.arange(n) % 8 * 4.0,
+            "end_s": np.arange(n) % 8 * 4.0 + 4.0,
+            "duration_s": np.full(n, 4.0),
             "kept": np.ones(n, bool),
             "filter_reasons": pa.array([[]] * n, pa.list_(pa.string())),
             "clip_embedding": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * self.d, self.d, dtype=np.int32)), pa.array(x.reshape(-1))),
@@ -102,7 +107,8 @@ class Corpus:
 def write_part(store: Store, name: str, clips: pa.Table) -> None:
     """Commit a clips part like the pipeline: the clips part, then its videos twin."""
     manifest.write_clips_part(store, name, clips)
-    videos = [{"video_id": v, "status": "ok"} for v in sorted(set(clips["video_id"].to_pylist()))]
+    counts = collections.Counter(clips["video_id"].to_pylist())
+    videos = [{"video_id": v, "status": "ok", "num_clips": n, "attempts": 1} for v, n in sorted(counts.items())]
     store.write_bytes(f"{manifest.VIDEOS_DIR}/{name}", manifest.to_parquet(pa.Table.from_pylist(videos, schema=manifest.VIDEOS_SCHEMA)))
 
 
