@@ -57,7 +57,7 @@ class AestheticStage(Stage):
     # The head's checkpoint (local file); else $CURATE_MODEL_DIR/sac+logos+ava1-l14-linearMSE.pth or a download.
     weights: str | None = None
     aggregate: Literal["mean", "min"] = "mean"
-    min_score: float | None = 4.5
+    min_score: float | None = Field(4.5, ge=0, le=10)  # the predictor's 1-10 scale
     batch_size: int = Field(16, ge=1)
 
     def outputs(self) -> list[pa.Field]:

@@ -33,7 +33,7 @@ class CaptionAlignmentStage(Stage):
 
     clip: ClipSpec = ClipSpec()
     caption_column: str = "caption"
-    min_score: float | None = None
+    min_score: float | None = Field(None, ge=-1, le=1)  # a cosine
     batch_size: int = Field(16, ge=1)
 
     def outputs(self) -> list[pa.Field]:

@@ -78,7 +78,7 @@ class DedupStage(GlobalStage):
     # Clusters each clip is compared in (its nearest centroids); 1 is SemDeDup's hard assignment.
     # 5 found >= 0.99 of the exact method's pairs on synthetic CLIP-like data (bench/README.md).
     probes: int = Field(5, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     # Clips one pairwise task holds (about task_rows * 3 KB of 768-d float32 embeddings); a
     # single cluster larger than this (or the whole set, for `exact`) is still one task.
     task_rows: int = Field(50_000, ge=1)

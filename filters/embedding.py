@@ -45,7 +45,7 @@ class ClipEmbeddingStage(Stage):
     text_overlay_prob: bool = True
     overlay_prompts: list[str] = OVERLAY_PROMPTS
     clean_prompts: list[str] = CLEAN_PROMPTS
-    max_text_overlay_prob: float | None = None
+    max_text_overlay_prob: float | None = Field(None, ge=0, le=1)
     batch_size: int = Field(16, ge=1)
 
     def outputs(self) -> list[pa.Field]:

@@ -40,8 +40,8 @@ class MotionStage(Stage):
 
     method: Literal["dis", "farneback"] = "dis"
     # Thresholds on motion_score (frame diagonals per second), applied in filter mode.
-    min_score: float | None = 0.002
-    max_score: float | None = None
+    min_score: float | None = Field(0.002, ge=0)
+    max_score: float | None = Field(None, ge=0)
     batch_size: int = Field(16, ge=1)
 
     def outputs(self) -> list[pa.Field]:

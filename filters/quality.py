@@ -65,21 +65,21 @@ class QualityStage(Stage):
     reads: ClassVar[frozenset[str]] = frozenset({"frames", "motion_frames"})
 
     # Short side the sharpness is measured at.
-    sharpness_size: int = 448
-    crushed_level: int = 10
-    blown_level: int = 245
+    sharpness_size: int = Field(448, ge=16)
+    crushed_level: int = Field(10, ge=0, le=255)
+    blown_level: int = Field(245, ge=0, le=255)
     # Mean absolute difference (8-bit) below which two consecutive motion frames count as frozen.
-    frozen_diff: float = 1.0
+    frozen_diff: float = Field(1.0, ge=0)
     # Thresholds applied in filter mode (None: no rule). Sharpness on the sample footage: crisp
     # 448-line shots 40-300, 144-line sources about 18, fast pans with motion blur 5-8, a Gaussian
     # blur of sigma 2 pixels about 2-6.
-    min_sharpness: float | None = 5.0
-    min_luma: float | None = 0.06
-    max_luma: float | None = 0.94
-    max_crushed_share: float | None = None
-    max_blown_share: float | None = None
-    max_border_share: float | None = 0.35
-    max_frozen_share: float | None = 0.5
+    min_sharpness: float | None = Field(5.0, ge=0)
+    min_luma: float | None = Field(0.06, ge=0, le=1)
+    max_luma: float | None = Field(0.94, ge=0, le=1)
+    max_crushed_share: float | None = Field(None, ge=0, le=1)
+    max_blown_share: float | None = Field(None, ge=0, le=1)
+    max_border_share: float | None = Field(0.35, ge=0, le=1)
+    max_frozen_share: float | None = Field(0.5, ge=0, le=1)
     batch_size: int = Field(16, ge=1)
 
     def outputs(self) -> list[pa.Field]:

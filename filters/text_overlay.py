@@ -119,16 +119,16 @@ class TextOverlayStage(Stage):
     reads: ClassVar[frozenset[str]] = frozenset({"frames", "motion_frames"})
 
     mode: Mode = "filter"
-    max_area_ratio: float | None = 0.02
+    max_area_ratio: float | None = Field(0.02, ge=0, le=1)
     # Scene text is recorded; a value here filters on it too.
-    max_scene_area_ratio: float | None = None
+    max_scene_area_ratio: float | None = Field(None, ge=0, le=1)
     frames_per_clip: int = Field(1, ge=1)
     ocr_size: int = Field(448, ge=DET_STRIDE)
-    min_confidence: float = 0.5
-    min_chars: int = 2
-    min_aspect: float = 1.5
-    max_line_height: float = 0.3
-    still_correlation: float = 0.6
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    min_chars: int = Field(2, ge=1)
+    min_aspect: float = Field(1.5, gt=0)
+    max_line_height: float = Field(0.3, gt=0, le=1)
+    still_correlation: float = Field(0.6, ge=-1, le=1)
     # Local copies of the OCR models (default: the ones rapidocr-onnxruntime ships).
     det_weights: str | None = None
     rec_weights: str | None = None

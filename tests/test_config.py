@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -122,6 +123,14 @@ def test_every_numeric_field_of_every_section_and_stage_is_bounded_and_finite():
         for name in set(Stage.model_fields) - {"mode"}:  # -1 breaks every base bound (ge=1, gt=0, ge=0)
             with pytest.raises(ValidationError, match=f"{name}\n  Input should be greater"):
                 cls.model_validate({name: -1})
+    # Every number a stage declares of its own has a sign or range bound (a threshold below a
+    # score's range would silently pass or drop everything).
+    unbounded = [
+        f"{cls.__name__}.{name}" for cls in stages for name, f in cls.model_fields.items()
+        if name not in Stage.model_fields and re.search(r"\b(int|float)\b", str(f.annotation))
+        and not any(type(m).__name__ in ("Ge", "Gt", "Le", "Lt", "Interval") for m in f.metadata)
+    ]
+    assert unbounded == []
 
 
 def test_unreadable_pipeline_and_set_values_are_one_line(tmp_path):
