@@ -10,7 +10,8 @@ set up once (its model load is reported apart), then fed batches of its own batc
 CLIP stages use --clip-weights (a real open_clip checkpoint) when given; otherwise the same
 architecture with random weights, saved to a temporary file and loaded through the model resolver,
 so the compute is that of the real model. Likewise --head-weights for the aesthetic head. Dedup
-is timed on --dedup-clips random 768-d embeddings.
+is timed on --dedup-clips synthetic 768-d embeddings, in one process (bench/dedup_scale.py
+measures it on Ray at scale).
 
     python bench/stage_throughput.py [--clips 12] [--stages quality,motion,text,embedding,aesthetic,caption_alignment,dedup]
         [--clip-model ViT-L-14] [--clip-pretrained openai] [--clip-weights PATH] [--head-weights PATH]
@@ -111,29 +112,19 @@ def run_stage(name: str, stage, clips: list[dict]) -> dict:
 
 
 def run_dedup(n: int) -> dict:
-    import numpy as np
-    import pyarrow as pa
+    """The dedup stage in this process (no Ray) on a committed manifest of `n` synthetic 768-d
+    CLIP-like embeddings with planted near-duplicates (tests/dedup_data.py), 10 parts."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from dedup_data import Corpus
 
-    from curate.record import clip_schema
+    from curate.storage import Store
     from filters.dedup import DedupStage
 
-    rng = np.random.default_rng(0)
-    e = rng.standard_normal((n, 768)).astype(np.float32)
-    e /= np.linalg.norm(e, axis=1, keepdims=True)
-    stage = DedupStage(mode="filter")
-    schema = clip_schema(stage.outputs() + [pa.field("clip_embedding", pa.list_(pa.float32()))], transient=False)
-    table = pa.table(
-        {
-            "clip_id": [f"c{i:07d}" for i in range(n)],
-            "kept": [True] * n,
-            "filter_reasons": [[] for _ in range(n)],
-            "clip_embedding": pa.FixedSizeListArray.from_arrays(e.ravel(), 768).cast(pa.list_(pa.float32())),
-        }
-    )
-    table = pa.table({f.name: table[f.name] if f.name in table.column_names else pa.nulls(n, f.type) for f in schema}, schema=schema)
-    t0, c0 = time.perf_counter(), time.process_time()
-    stage.process_manifest(table)
-    return {"setup_s": 0.0, "clips": n, "frames": 0, "busy_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+    with tempfile.TemporaryDirectory(prefix="dedup-") as tmp:
+        store = Store(Corpus(parts=10, rows=max(1, n // 10)).commit(tmp))
+        t0, c0 = time.perf_counter(), time.process_time()
+        DedupStage(mode="filter").process_manifest(store)
+        return {"setup_s": 0.0, "clips": n, "frames": 0, "busy_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
 def main() -> int:

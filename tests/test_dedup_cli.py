@@ -7,10 +7,11 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from dedup_data import Corpus
-from s3_server import start_seaweedfs, use_keys, weed_binary
+from s3_server import TEST_KEY, TEST_SECRET, start_seaweedfs, use_keys, weed_binary
 
 from curate import manifest
 from curate.cli import main
@@ -19,7 +20,8 @@ from curate.storage import Store
 from filters.dedup import SCRATCH, DedupStage
 
 COLUMNS = ("duplicate_of", "kept", "filter_reasons")
-KEY, SECRET = "dedup-test-key", "dedup-test-secret-0123456789"
+# The keys the shared Ray's workers inherited (curate hands none to Ray).
+KEY, SECRET = TEST_KEY, TEST_SECRET
 BUCKET = "curate-dedup"
 
 
@@ -87,6 +89,13 @@ def test_cli_on_an_s3_output(corpus, tmp_path, ray_session, monkeypatch):
         assert main(["dedup", store.root, "--endpoint-url", s3.endpoint_url, "--cluster-size", "100"]) == 0
         assert outcome(store) == stage_outcome(corpus, tmp_path / "stage", cluster_size=100)
         assert s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"run/{SCRATCH}").get("KeyCount") == 0
+    # The dedup tasks were handed no keys: nothing of the secret in the session's files (a
+    # runtime_env with the keys would be written to its logs).
+    import ray
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    leaks = [str(p) for p in session.rglob("*") if p.is_file() and not p.is_socket() and SECRET.encode() in p.read_bytes()]
+    assert not leaks, leaks
 
 
 def test_embeddings_of_two_models_fail_in_one_line_and_change_nothing(tmp_path, ray_session, capsys):
