@@ -73,7 +73,8 @@ class DedupStage(GlobalStage):
     score_column: str = "aesthetic_score"
     fallback_column: str = "motion_score"
     method: Literal["kmeans", "exact"] = "kmeans"
-    # Mean clips per k-means cluster: pairwise work is about candidates * cluster_size * probes / 2.
+    # Mean clips per k-means cluster: pairwise work is about candidates * cluster_size * probes
+    # * 0.7-1.2 (847 pairs a candidate at 100k, 1462 at 5M; bench/README.md).
     cluster_size: int = Field(250, ge=2)
     # Clusters each clip is compared in (its nearest centroids); 1 is SemDeDup's hard assignment.
     # 5 found >= 0.99 of the exact method's pairs on synthetic CLIP-like data (bench/README.md).
