@@ -441,6 +441,7 @@ def _run(
             cfg = cfg.model_copy(update={"shots": cfg.shots.model_copy(update={"detector": summary.detector})})
             committer = Committer(ray, store, (out_schema, videos_schema), cfg.output.videos_per_part, cfg.output.flush_interval_s,
                                   lease, resume.attempts, manifest.new_run_token(), on_failed=progress.failed)
+        progress.working()
         for report in _dataset(ray, cfg, stages, flowing, pending, weights, committer).iter_batches(batch_size=None, batch_format="pyarrow"):
             committer.add(report)
             progress.update(committer.counts, committer.busy)

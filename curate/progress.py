@@ -34,7 +34,7 @@ class Progress:
         self.stage_rates = stage_rates
         self.total = 0  # videos to process, as listed so far
         self.listing_done = False
-        self.started: float | None = None  # the first update: rates count from the workers' first results
+        self.started: float | None = None  # when the workers got the first videos: rates count from there
         self.committed = 0
         self._live = None
         if live:
@@ -62,8 +62,13 @@ class Progress:
             self._live.console.print(f"curate: {line}", markup=False, highlight=False)
             self._bar.update(self._task, total=self.total if done else None, description="starting the workers")
 
-    def update(self, counts, busy: dict) -> None:
+    def working(self) -> None:
+        """The first videos went to the workers (Ray is up): videos per second count from here, so a
+        short run's first results, which arrive all at once, do not make up a rate."""
         self.started = self.started or time.perf_counter()
+
+    def update(self, counts, busy: dict) -> None:
+        self.working()
         elapsed = time.perf_counter() - self.started
         rate = counts.videos / elapsed if elapsed > 0 else 0.0
         left = self.total - counts.videos

@@ -84,3 +84,20 @@ def test_verbose_shows_ray(tmp_path, ray_session):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 3
     assert "streaming_executor" in r.stderr and not (out / "logs").exists()
+
+
+def test_rate_counts_from_when_the_workers_got_the_videos():
+    """A short run's results arrive all at once: its rate is videos over the time since the first
+    videos went to the workers, not over the moments between its first and last result."""
+    from curate.progress import Progress
+    from curate.sink import Counts
+
+    lines: list[str] = []
+    progress = Progress(echo=lines.append)
+    progress.listing(4, 0, 0, True)
+    progress.working()
+    time.sleep(0.5)
+    progress.update(Counts(videos=1, committed_videos=1), {})
+    progress.update(Counts(videos=4, committed_videos=4), {})
+    rate = float(re.search(r"([\d.]+) videos/s", lines[-1]).group(1))
+    assert 0 < rate <= 4 / 0.5, lines  # counted from the first result, it was thousands
