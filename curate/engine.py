@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import manifest
-from curate.config import ConfigError, PipelineConfig
+from curate.config import STAGE_CLASSES, ConfigError, PipelineConfig, stage_class
 from curate.models import ModelRef, fetch
 from curate.record import (
     ERRORS_FIELD,
@@ -413,7 +413,8 @@ def _run(
     resume = manifest.recover(store)
     # After the repair (which may remove the very parts that differ), before any part is written.
     out_schema, videos_schema = manifest.settle_schemas(
-        store, manifest_schema(stages, transient=False), allow_change=allow_schema_change
+        store, manifest_schema(stages, transient=False), allow_change=allow_schema_change,
+        added_later=tuple(f for name in STAGE_CLASSES if issubclass(cls := stage_class(name), GlobalStage) for f in cls().outputs()),
     )
     done = resume.done_ids(retry_failed)
     known = resume.table.column("video_id").combine_chunks()

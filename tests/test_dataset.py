@@ -226,6 +226,33 @@ def test_resume_with_another_stage_list_refuses_or_rewrites_to_the_union(tmp_pat
     assert {os.path.basename(u) for u, s in rows if s is None} == {"a.mp4", "c.mp4"}
 
 
+
+def test_curate_dedup_on_an_output_leaves_it_resumable(tmp_path, ray_session, capsys):
+    """`curate dedup` on an output whose pipeline has no dedup stage: without embeddings it refuses
+    in one line and changes nothing; the `duplicate_of` column its write step adds to every part
+    does not stop the same pipeline from resuming there (new parts carry it, null)."""
+    from curate.config import S3Config
+    from filters.dedup import DedupStage, _apply
+
+    a, b = cut_video(tmp_path / "a.mp4", [50, 40]), cut_video(tmp_path / "b.mp4", [45, 55])
+    assert a and b
+    out = tmp_path / "out"
+    assert main(["run", pipeline(tmp_path, [tmp_path / "a.mp4"], out), "--address", ray_session]) == 0
+    before = {p: p.read_bytes() for p in out.glob("*/part-*.parquet")}
+    capsys.readouterr()
+    assert main(["dedup", str(out)]) == 2
+    assert "no clip_embedding column" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.glob("*/part-*.parquet")} == before
+
+    for i, name in enumerate(committed_parts(Store(str(out)))):  # dedup's own write step, no duplicate found
+        _apply(str(out), S3Config(), "unused", DedupStage(), i, name, False)
+    assert all("duplicate_of" in s.names for s in part_schemas(out)["clips"])
+    assert main(["run", pipeline(tmp_path, [tmp_path / "a.mp4", tmp_path / "b.mp4"], out), "--address", ray_session]) == 0
+    schemas = part_schemas(out)["clips"]
+    assert len(schemas) == 2 and all(s.equals(schemas[0]) for s in schemas) and "duplicate_of" in schemas[0].names
+    clips = pads.dataset(str(out / "clips"), format="parquet").to_table()
+    assert set(clips["duplicate_of"].to_pylist()) == {None} and len(set(clips["video_id"].to_pylist())) == 2
+
 def test_schema_difference_names_columns_types_and_order():
     import pyarrow as pa
 
