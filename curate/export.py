@@ -258,10 +258,11 @@ def write_index(rows: list[dict], fmt: str, store: Store) -> list[str]:
 
 
 def _previous(store: Store) -> list[str]:
-    """The clip files of the export already in `store` (ExportError if it holds anything else)."""
+    """The files of the export already in `store`, clips and index (ExportError if it holds anything else)."""
     marker = store.read_if_exists(MARKER)
     if marker is not None:
-        return json.loads(marker)["files"]
+        earlier = json.loads(marker)
+        return earlier["files"] + earlier.get("index", [])
     if store.s3:
         anything = bool(store.list("") or store.list("videos"))
     else:
@@ -289,10 +290,12 @@ def export(output: str, cfg: ExportConfig, address: str | None = None, echo=prin
     echo(f"curate: export: {len(rows)} kept clips to export" + (f" ({uncaptioned} without a caption left out)" if uncaptioned else ""))
     exported, failed = materialise(rows, store, cfg.s3, address, echo)
     files = write_index(exported, cfg.format, store)
-    kept = [f"videos/{r['clip_id']}.{ext}" for r in exported for ext in ("mp4", "txt")]
+    exts = ("mp4", "txt") if cfg.format == "finetrainers" else ("mp4",)
+    kept = [f"videos/{r['clip_id']}.{ext}" for r in exported for ext in exts]
+    index = [f for f in files if "*" not in f]
     store.write_bytes(MARKER, json.dumps({"source": output, "format": cfg.format, "rules": cfg.rules,
-                                         "clips": len(exported), "files": kept}, indent=1).encode("utf-8"))
-    for rel in sorted(set(previous) - set(kept)):
+                                         "clips": len(exported), "index": index, "files": kept}, indent=1).encode("utf-8"))
+    for rel in sorted(set(previous) - set(kept) - set(index)):  # an earlier export's clips and index, if other
         store.delete(rel)
     return {"clips": len(exported), "failed": failed, "uncaptioned": uncaptioned, "files": files, "to": dest,
             "wall_s": time.perf_counter() - t0}

@@ -389,6 +389,11 @@ def test_export_leaves_out_uncaptioned_clips_replaces_its_own_export_and_refuses
     df = check_opensora(to / "opensora.csv")
     assert len(df) == sum(1 for r in kept if r["caption"] and r["aesthetic_score"] >= 5)
     assert {p.name for p in (to / "videos").iterdir()} == {Path(p).name for p in df["path"]}
+    # Another format into the same place: the earlier index goes, export.json lists what is there.
+    assert main(["export", str(output), "--format", "csv", "--to", str(to), "--address", ray_session]) == 0
+    marker = json.loads((to / "export.json").read_text())
+    assert marker["index"] == ["clips.csv"] and not (to / "opensora.csv").exists()
+    assert sorted(marker["files"]) == sorted(str(p.relative_to(to)) for p in (to / "videos").iterdir())
 
     capsys.readouterr()
     assert main(args + ["--where", "aesthetic >= 5"]) == 2
