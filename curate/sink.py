@@ -96,10 +96,12 @@ def write_fragment(table: pa.Table, target: FragmentTarget) -> pa.Table:
         return pa.Table.from_pylist([{"fault": fault_json(e)}], schema=REPORT_SCHEMA)
 
     busy: dict[str, dict] = {}
-    for entries in table.column("busy").to_pylist() if "busy" in table.column_names else []:
+    has_busy = "busy" in table.column_names
+    for entries, emitted in zip(table.column("busy").to_pylist() if has_busy else [], table.column("emitted_clips").to_pylist() if has_busy else []):
         for e in entries or []:
             d = busy.setdefault(e["stage"], {"clips": 0, "frames": 0, "busy_s": 0.0})
-            d["clips"] += e["stage"] != "split"  # split's entry rides on the video's record
+            # split's entry rides on the video's record, which says how many clips it made
+            d["clips"] += (emitted or 0) if e["stage"] == "split" else 1
             d["frames"] += e["frames"]
             d["busy_s"] += e["seconds"]
     per_video: dict[str, dict] = {}

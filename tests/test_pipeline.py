@@ -85,7 +85,7 @@ def test_run_end_to_end(tmp_path, ray_session, corpus):
     assert s["detector"] == "curate"  # `auto` on a cluster without GPUs
     # Busy time and frames per stage, carried on the records; no transient column reaches a manifest.
     assert s["stages"]["split"]["frames"] == sum(v["num_frames"] or 0 for v in videos.to_pylist())
-    assert s["stages"]["split"]["busy_s"] > 0
+    assert s["stages"]["split"]["busy_s"] > 0 and s["stages"]["split"]["clips"] == len(rows)
     assert not {"busy", "video", "frames", "motion_frames", "emitted_clips"} & set(clips.column_names)
 
     # Readable by Hugging Face datasets too.
