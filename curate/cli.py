@@ -55,17 +55,24 @@ def cmd_models(args) -> int:
 
 
 @contextlib.contextmanager
-def _console(output: str, verbose: bool):
+def console(output: str, verbose: bool, command: str = "run"):
     """(stream for curate's own progress, path of Ray's log or None): Ray's log lines go to
-    OUTPUT/logs/ (a local output) or ~/.cache/curate/logs/ (an S3 one) unless `verbose`."""
+    OUTPUT/logs/<command>-*.log (a local output) or ~/.cache/curate/logs/ (an S3 one) unless
+    `verbose`; the log is removed if nothing was written to it."""
     if verbose:
         yield sys.stderr, None
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = os.path.join(os.path.expanduser("~/.cache/curate"), "logs") if is_s3(output) else os.path.join(output, "logs")
-    log_path = os.path.join(base, f"run-{stamp}-{os.getpid()}.log")
+    log_path = os.path.join(base, f"{command}-{stamp}-{os.getpid()}.log")
     with quiet_ray(log_path) as stream:
         yield stream, log_path
+
+
+def say_log(log_path: str | None) -> None:
+    """Name the log Ray's lines went to, if any were written."""
+    if log_path and os.path.exists(log_path):
+        print(f"curate: Ray's own log lines are in {log_path} (--verbose shows them)")
 
 
 def cmd_run(args) -> int:
@@ -84,12 +91,11 @@ def cmd_run(args) -> int:
         from curate.engine import run_pipeline
 
         # run_pipeline resolves every model before any work: a missing one ends here in one line.
-        with _console(cfg.output.path, args.verbose) as (stream, log_path):
+        with console(cfg.output.path, args.verbose) as (stream, log_path):
             progress = Progress(live=stream.isatty(), stage_rates=args.stage_rates, stream=stream)
             summary = run_pipeline(cfg, address=args.address, retry_failed=args.retry_failed, force=args.force,
                                    progress=progress, verbose=args.verbose, allow_schema_change=args.allow_schema_change)
-        if log_path:
-            print(f"curate: Ray's own log lines are in {log_path} (--verbose shows them)")
+        say_log(log_path)
     except (ConfigError, ModelNotFound, LeaseHeld) as e:
         return fail(str(e))
     except (S3Unavailable, LeaseLost) as e:

@@ -304,7 +304,7 @@ def export(output: str, cfg: ExportConfig, address: str | None = None, echo=prin
 def cmd_export(args) -> int:
     """Exit codes: 0 every selected clip exported; 3 some could not be cut (listed); 2 bad options,
     no committed manifest, or a --to that holds something else."""
-    from curate.cli import fail
+    from curate.cli import console, fail, say_log
     from curate.config import load_options
 
     try:
@@ -312,7 +312,8 @@ def cmd_export(args) -> int:
     except ConfigError as e:
         return fail(str(e))
     try:
-        got = export(args.output, cfg, args.address)
+        with console(args.output, args.verbose, "export") as (_, log_path):
+            got = export(args.output, cfg, args.address)
     except ExportError as e:
         return fail(str(e))
     for f in got["failed"][:20]:
@@ -322,6 +323,7 @@ def cmd_export(args) -> int:
               "(a trainer needs text; --format csv or jsonl exports them)", file=sys.stderr)
     print(f"curate: exported {got['clips']} clips as {cfg.format} to {got['to']} ({', '.join(got['files'])}) "
           f"in {got['wall_s']:.1f}s" + (f"; {len(got['failed'])} failed" if got["failed"] else ""))
+    say_log(log_path)
     return 3 if got["failed"] else 0
 
 
@@ -337,5 +339,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--to", default=None, metavar="DIR", help="export root (default OUTPUT/export/FORMAT)")
     p.add_argument("--address", default=None, help="Ray cluster to cut reference clips on (default: an embedded local Ray)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="e.g. s3.endpoint_url=http://...")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own log lines instead of writing them to OUTPUT/logs/")
     p.set_defaults(func=cmd_export)
     return p

@@ -112,15 +112,22 @@ def stage_rates(busy: dict) -> str:
 def quiet_ray(log_path: str) -> Iterator[io.TextIOBase]:
     """Send the process's stderr (fd 2, and so sys.stderr: Ray's Python and C++ log lines) to
     `log_path` while the block runs; yields a stream on the original stderr for curate's progress.
-    Errors raised out of the block are reported after it, on the original stderr."""
+    Errors raised out of the block are reported after it, on the original stderr. A log that
+    stayed empty (nothing started Ray) is removed, and its folder if that leaves it empty."""
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     sys.stderr.flush()
     saved = os.dup(2)
-    with open(log_path, "ab") as log, io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True) as original:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield original
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+    try:
+        with open(log_path, "ab") as log, io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True) as original:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield original
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+    finally:
+        if not os.path.getsize(log_path):
+            os.remove(log_path)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(os.path.abspath(log_path)))

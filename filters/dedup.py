@@ -536,7 +536,7 @@ def _apply(root: str, s3: S3Config, scratch: str, stage: DedupStage, part: int, 
 def cmd_dedup(args) -> int:
     from pydantic import ValidationError
 
-    from curate.cli import fail
+    from curate.cli import console, fail, say_log
     from curate.config import one_line_error
 
     names = ("method", "threshold", "mode", "score_column", "fallback_column", "cluster_size", "probes", "seed", "scratch_gb")
@@ -554,12 +554,14 @@ def cmd_dedup(args) -> int:
                     "embedding stage): nothing to compare, nothing changed")
     from curate.engine import connect_ray
 
-    connect_ray(args.address)  # joined, or embedded and loopback only as `curate run`'s
     try:
-        stats = stage.process_manifest(store)
+        with console(args.output, args.verbose, "dedup") as (_, log_path):
+            connect_ray(args.address)  # joined, or embedded and loopback only as `curate run`'s
+            stats = stage.process_manifest(store)
     except ValueError as e:  # on Ray, the task's error wraps it
         return fail(str(getattr(e, "cause", e)), code=1)
     print(f"curate dedup: {stats}")
+    say_log(log_path)
     if args.json:
         with open(args.json, "w") as f:
             f.write(json.dumps(asdict(stats), indent=2))
@@ -585,5 +587,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: a local Ray)")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint of an s3:// OUTPUT")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures here")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own log lines instead of writing them to OUTPUT/logs/")
     p.set_defaults(func=cmd_dedup)
     return p

