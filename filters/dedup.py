@@ -546,10 +546,10 @@ def cmd_dedup(args) -> int:
     except ValidationError as e:
         return fail(one_line_error(e, prefix="dedup"))
     store = Store(args.output, S3Config(endpoint_url=args.endpoint_url))
-    names = manifest.committed_parts(store)
-    if not names:
+    parts = manifest.committed_parts(store)
+    if not parts:
         return fail(f"{args.output}: no committed clips manifest parts under {manifest.CLIPS_DIR}/")
-    if not any("clip_embedding" in manifest.part_schema(store, f"{manifest.CLIPS_DIR}/{n}").names for n in names):
+    if not any("clip_embedding" in manifest.part_schema(store, f"{manifest.CLIPS_DIR}/{n}").names for n in parts):
         return fail(f"{args.output}: its clips have no clip_embedding column (the pipeline that wrote it had no "
                     "embedding stage): nothing to compare, nothing changed")
     from curate.engine import connect_ray
