@@ -76,13 +76,6 @@ def scan(store: Store, rel_dir: str, columns=None, parts: list[str] | None = Non
         yield _read(store, f"{rel_dir}/{name}", columns)
 
 
-def read_dir(store: Store, rel_dir: str) -> pa.Table | None:
-    names = [n for n in store.list(rel_dir) if n.endswith(".parquet")]
-    if not names:
-        return None
-    return pa.concat_tables([_read(store, f"{rel_dir}/{n}") for n in names], promote_options="permissive")
-
-
 # ---------------------------------------------------------------- one schema per manifest
 
 
@@ -402,7 +395,7 @@ def recover(store: Store) -> Resume:
         store.delete(f"{VIDEOS_DIR}/{name}")
 
     names = sorted(videos_parts & clips_parts)
-    rows = []
+    rows, videos_in = [], []  # each part's complete rows; each videos part's row count
     for i, name in enumerate(names):
         clips = _read(store, f"{CLIPS_DIR}/{name}", ["video_id", "errors"])
         failed = pc.greater(pc.fill_null(pc.list_value_length(clips.column("errors")), 0), 0)
@@ -410,6 +403,7 @@ def recover(store: Store) -> Resume:
             [("video_id", "count"), ("failed", "any")]
         )
         v = _read(store, f"{VIDEOS_DIR}/{name}", RESUME_COLUMNS)
+        videos_in.append(v.num_rows)
         for col, kind in (("retryable", pa.bool_()), ("attempts", pa.int64())):
             if col not in v.column_names:  # parts written before resuming kept them
                 v = v.append_column(col, pa.nulls(v.num_rows, kind))
@@ -426,10 +420,11 @@ def recover(store: Store) -> Resume:
     table = table.sort_by([("video_id", "ascending"), ("attempts", "descending"), ("part", "ascending")])
     best = first_of_each(table, "video_id")
 
+    counts = best.group_by("part").aggregate([("part", "count")]).to_pydict()
+    kept = dict(zip(counts["part"], counts["part_count"]))
     for i, name in enumerate(names):  # parts holding rows that lost to a better one, or incomplete rows
-        keep = best.filter(pc.equal(best.column("part"), i)).column("video_id")
-        if len(keep) < _num_rows(store, f"{VIDEOS_DIR}/{name}"):
-            _rewrite_part(store, name, keep)
+        if kept.get(i, 0) < videos_in[i]:
+            _rewrite_part(store, name, best.filter(pc.equal(best.column("part"), i)).column("video_id"))
     return Resume(best.select(["video_id", "status", "retryable", "attempts", "failed_any"]).rename_columns(
         ["video_id", "status", "retryable", "attempts", "clip_errors"]))
 
@@ -441,10 +436,6 @@ def first_of_each(table: pa.Table, column: str) -> pa.Table:
     values = table.column(column).combine_chunks()
     changed = pc.fill_null(pc.not_equal(values.slice(1), values.slice(0, len(values) - 1)), True)
     return table.filter(pa.concat_arrays([pa.array([True]), changed]))
-
-
-def _num_rows(store: Store, rel: str) -> int:
-    return pq.ParquetFile(io.BytesIO(store.read_bytes(rel))).metadata.num_rows
 
 
 def _rewrite_part(store: Store, name: str, keep: pa.ChunkedArray) -> None:
