@@ -57,16 +57,27 @@ def cmd_models(args) -> int:
 @contextlib.contextmanager
 def console(output: str, verbose: bool, command: str = "run"):
     """(stream for curate's own progress, path of Ray's log or None): Ray's log lines go to
-    OUTPUT/logs/<command>-*.log (a local output) or ~/.cache/curate/logs/ (an S3 one) unless
-    `verbose`; the log is removed if nothing was written to it."""
+    <command>-*.log in `_log_dir(output)` unless `verbose`; the log is removed if nothing was
+    written to it."""
     if verbose:
         yield sys.stderr, None
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = os.path.join(os.path.expanduser("~/.cache/curate"), "logs") if is_s3(output) else os.path.join(output, "logs")
-    log_path = os.path.join(base, f"{command}-{stamp}-{os.getpid()}.log")
+    log_path = os.path.join(_log_dir(output), f"{command}-{stamp}-{os.getpid()}.log")
     with quiet_ray(log_path) as stream:
         yield stream, log_path
+
+
+def _log_dir(output: str) -> str:
+    """OUTPUT/logs, or ~/.cache/curate/logs for an S3 output or one that cannot hold it (a file, a
+    read-only place): the command's own checks report those, in one line, not the log's."""
+    if not is_s3(output):
+        local = os.path.join(output, "logs")
+        with contextlib.suppress(OSError):
+            os.makedirs(local, exist_ok=True)
+            if os.access(local, os.W_OK):
+                return local
+    return os.path.join(os.path.expanduser("~/.cache/curate"), "logs")
 
 
 def say_log(log_path: str | None) -> None:

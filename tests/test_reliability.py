@@ -271,6 +271,14 @@ def test_unusable_outputs_fail_before_any_work(tmp_path, clips3):
         with pytest.raises(ConfigError, match=r"^output.path: cannot write to '.*ro' \((Read-only file system|Permission denied)\)$"):
             run_pipeline(config(clips3, ro))
         assert not any(ro.iterdir())
+        # The same through the command line, which first opens a log for Ray's lines: the output's
+        # own check still speaks (exit 2), not the log's folder.
+        for out, message in ((tmp_path / "afile", "is a file, not a directory"), (ro, "cannot write to")):
+            pipe = tmp_path / "cli.yaml"
+            pipe.write_text(json.dumps({"input": {"paths": [str(i) for i in clips3]}, "output": {"path": str(out)}}))
+            r = subprocess.run([sys.executable, "-m", "curate", "run", str(pipe)], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 2 and message in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+        assert not any(ro.iterdir())
 
 
 class read_only_dir:
