@@ -99,15 +99,13 @@ def read_manifest(output: str, s3: S3Config | None = None) -> pa.Table:
     A clips part counts once its videos part exists (the writer commits videos last), so a
     manifest still being written, or left by a killed run, never yields half a video.
     """
-    from curate.manifest import CLIPS_DIR, VIDEOS_DIR
+    from curate.manifest import CLIPS_DIR, committed_parts, scan
 
     store = Store(output, s3)
-    committed = set(store.list(VIDEOS_DIR))
-    names = [n for n in store.list(CLIPS_DIR) if n.endswith(".parquet") and n in committed]
+    names = committed_parts(store)
     if not names:
         raise FileNotFoundError(f"{output}: no committed clips manifest parts under {CLIPS_DIR}/")
-    tables = [pq.read_table(io.BytesIO(store.read_bytes(f"{CLIPS_DIR}/{n}"))) for n in names]
-    return pa.concat_tables(tables, promote_options="permissive")
+    return pa.concat_tables(scan(store, CLIPS_DIR, parts=names), promote_options="permissive")
 
 
 def select_clips(table: pa.Table, rules: list[str]) -> list[dict]:
