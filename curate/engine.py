@@ -304,6 +304,18 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
     ctx.execution_options.preserve_order = False
     ctx.target_max_block_size = cfg.ray.block_mb * 1024**2
     ctx.enable_progress_bars = False  # curate.progress shows the run
+    # Ray Data's per-operator resource allocator protects downstream stages' share of CPUs and of the
+    # object store. With no stage after decoding (the decode tasks write their rows and return a
+    # report of a few hundred bytes) there is nothing to protect, and it costs: its budget is zero for
+    # the first second of every execution (Ray 2.60 refreshes the cluster's limits once a second,
+    # and the first answer is empty) and on short videos it keeps about one decode task running at
+    # a time (400 tasks of 50 ms on 2 CPUs: 20 s with it, 12 s without). Without it, a cap of four
+    # decode tasks a CPU keeps every CPU fed and bounds what the driver tracks (every task of the
+    # page in flight at once grew it by 80 KB a task).
+    ctx.op_resource_reservation_enabled = bool(flowing)
+    split_concurrency = cfg.ray.split_concurrency
+    if split_concurrency is None and not flowing:
+        split_concurrency = 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
     gpus = _gpu_count(ray)
     transnet_weights = weights.get(transnetv2_ref(cfg.shots).name) if cfg.shots.detector == "transnetv2" else None
     sink = committer.target(driver_schema(stages).names)
@@ -321,7 +333,7 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
         # Data from fusing decoding into a stage's actors (which would cap decoding at the pool
         # size) or into task stages (which would bundle `batch_size` videos into one task).
         memory=DECODE_MEMORY_BYTES,
-        concurrency=cfg.ray.split_concurrency,
+        concurrency=split_concurrency,
     )
     for stage, schema, stage_sink in zip(flowing, schemas[1:], sinks[1:]):
         num_gpus = stage.num_gpus if stage.num_gpus is not None else (
