@@ -195,3 +195,15 @@ def test_mp4_clips(tmp_path, ray_session, corpus):
     index = pq.read_table(out / "shards" / "index.parquet").to_pylist()
     assert sorted(i["key"] for i in index) == sorted(r["clip_id"] for r in rows)
     assert all((out / "shards" / i["shard"]).exists() and i["bucket"].startswith("resolution_") for i in index)
+
+
+def test_a_page_starts_its_largest_local_videos_first(tmp_path):
+    """Decode tasks take a page's videos largest file first, so a long video does not start last
+    and run alone at the end; remote sources (no size without a request) keep their order after."""
+    from curate.engine import longest_first
+
+    small, big = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    small.write_bytes(b"x" * 10)
+    big.write_bytes(b"x" * 1000)
+    gone = str(tmp_path / "gone.mp4")
+    assert longest_first([str(small), "s3://bucket/v.mp4", gone, str(big)]) == [str(big), str(small), "s3://bucket/v.mp4", gone]
