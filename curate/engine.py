@@ -25,6 +25,7 @@ from curate.config import STAGE_CLASSES, ConfigError, PipelineConfig, stage_clas
 from curate.models import ModelRef, fetch
 from curate.record import (
     ERRORS_FIELD,
+    SAMPLED_FRAMES,
     TRANSIENT_NAMES,
     clip_schema,
     from_table,
@@ -108,10 +109,11 @@ def _busy(stage: str, seconds: float, frames: int) -> list[dict]:
 # ---------------------------------------------------------------- worker side
 
 
-def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights: str | None, sink: FragmentTarget | None = None):
+def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights: str | None, sink: FragmentTarget | None = None,
+                samples: frozenset[str] = SAMPLED_FRAMES):
     """Ray Data UDF: one source row in, a stream of record tables (of `schema`) out; when split is
     the run's last operator (`sink`), the video's rows are written as one fragment and its report
-    comes out instead.
+    comes out instead. `samples`: the sampled frames the stages read.
 
     A failure to read the source (I/O, S3, timeouts) is marked retryable; what the splitter says
     about the media itself (not a video, truncated, ...) and a source that is not a regular file
@@ -124,7 +126,7 @@ def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights
         sent = 0
         try:
             with local_copy(uri, cfg.input.s3) as path:
-                for rec in split_video(uri, path, cfg, weights):
+                for rec in split_video(uri, path, cfg, weights, samples):
                     if rec["clip_id"] is None:
                         rec["busy"] = _busy("split", time.perf_counter() - t0, rec["video"].get("num_frames") or 0)
                         rec["retryable"] = False
@@ -325,7 +327,7 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
     sinks = [None] * len(flowing) + [sink]
     ds = ray.data.from_items([{"source_uri": u} for u in pending], override_num_blocks=len(pending))
     ds = ds.map_batches(
-        partial(split_batch, cfg=cfg, schema=schemas[0], weights=transnet_weights, sink=sinks[0]),
+        partial(split_batch, cfg=cfg, schema=schemas[0], weights=transnet_weights, sink=sinks[0], samples=frames_read(flowing)),
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=1,
@@ -352,6 +354,12 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
         else:
             ds = ds.map_batches(partial(run_stage_task, stage=stage, schema=schema, sink=stage_sink), **common)
     return ds
+
+
+def frames_read(stages: list[Stage]) -> frozenset[str]:
+    """The sampled frames (SAMPLED_FRAMES) some stage reads: the decode pass converts and keeps only
+    those (a decode-only run none, a motion-only one the small grey frames)."""
+    return SAMPLED_FRAMES & set().union(*(s.reads for s in stages))
 
 
 def longest_first(uris: list[str]) -> list[str]:

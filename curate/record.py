@@ -105,6 +105,8 @@ TRANSIENT_FIELDS: list[pa.Field] = [
     pa.field("busy", pa.list_(pa.struct([("stage", pa.string()), ("seconds", pa.float64()), ("frames", pa.int64())]))),
 ]
 TRANSIENT_NAMES = {f.name for f in TRANSIENT_FIELDS}
+# The sampled frames the decode pass keeps for the stages: it converts each only when a stage reads it.
+SAMPLED_FRAMES = frozenset({"frames", "motion_frames"})
 ARRAY_COLUMNS = {f.name for f in TRANSIENT_FIELDS if f.type == ARRAY_TYPE}
 
 

