@@ -48,8 +48,6 @@ TO_DRIVER = {"video", "emitted_clips", "busy", "retryable"}
 # Transient columns every stage sees (they are small); the rest only reach stages that read them.
 PASSTHROUGH = TO_DRIVER | {"frame_indices", "frame_times", "motion_frame_indices", "motion_frame_times"}
 DECODE_MEMORY_BYTES = 512 * 1024**2
-# Failed videos named in summary.json (all of them are error rows in the videos manifest).
-ERRORS_LISTED = 100
 
 
 def pipeline_stages(cfg: PipelineConfig) -> list[Stage]:
@@ -233,7 +231,7 @@ class RunSummary:
     retried: int = 0
     videos_ok: int = 0
     videos_error: int = 0
-    errors: dict[str, str] = field(default_factory=dict)  # the first ERRORS_LISTED failed videos: uri -> reason
+    errors: dict[str, str] = field(default_factory=dict)  # the first report.ERRORS_LISTED failed videos: uri -> reason
     clips: int = 0
     clips_kept: int = 0
     clips_filtered: int = 0
@@ -317,7 +315,7 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
     ctx.op_resource_reservation_enabled = bool(flowing)
     split_concurrency = cfg.ray.split_concurrency
     if split_concurrency is None and not flowing:
-        split_concurrency = 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        split_concurrency = min(len(pending), 4 * max(1, int(ray.cluster_resources().get("CPU", 1))))
     gpus = _gpu_count(ray)
     transnet_weights = weights.get(transnetv2_ref(cfg.shots).name) if cfg.shots.detector == "transnetv2" else None
     sink = committer.target(driver_schema(stages).names)
@@ -562,14 +560,10 @@ def _models_used(cfg: PipelineConfig, stages: list[Stage], detector: str | None)
 
 def _summarise(summary: RunSummary, stats, metrics: dict, t_start: float) -> None:
     """Fill `summary` from the whole output's manifests (as `report.collect` streamed them)."""
-    summary.videos_ok = stats.videos_ok
-    summary.videos_error = stats.videos - stats.videos_ok
-    summary.errors = dict(stats.failed[:ERRORS_LISTED])
-    summary.clips = stats.clips
-    summary.clips_kept = stats.kept
-    summary.clips_filtered = stats.clips - stats.kept
-    summary.clip_errors = stats.clip_errors
-    summary.filter_reasons = dict(stats.reasons)
+    from curate.report import manifest_counts
+
+    for name, value in manifest_counts(stats).items():
+        setattr(summary, name, value)
     summary.stages = {
         name: {
             **d,

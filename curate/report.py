@@ -239,6 +239,22 @@ class ManifestStats:
 
 
 FAILURES_SHOWN = 200
+ERRORS_LISTED = 100  # failed videos named in summary.json (all are error rows in the videos manifest)
+
+
+def manifest_counts(stats: ManifestStats) -> dict:
+    """summary.json's figures that come from the manifests: what a run writes at its end, and what
+    `curate report` refreshes after the manifests changed (`curate dedup` filters duplicates)."""
+    return {
+        "videos_ok": stats.videos_ok,
+        "videos_error": stats.videos - stats.videos_ok,
+        "errors": dict(stats.failed[:ERRORS_LISTED]),
+        "clips": stats.clips,
+        "clips_kept": stats.kept,
+        "clips_filtered": stats.clips - stats.kept,
+        "clip_errors": stats.clip_errors,
+        "filter_reasons": dict(stats.reasons),
+    }
 # What a clip card shows besides the scores.
 _CARD_COLUMNS = ["clip_id", "source_uri", "start_s", "end_s", "pts_offset_s", "stream_index", "kept", "filter_reasons", "caption"]
 
@@ -376,12 +392,17 @@ def write_report(
 
     `rules` are the filter rules to draw as thresholds on the histograms (default: those summary.json
     records, else those the clips' filter reasons name). A run passes the stats (which hold its
-    rules) and summary it already has; otherwise they are read from the output. Thumbnails read the
-    source videos with `source_s3` (the pipeline's input.s3; default the output's settings)."""
+    rules) and summary it already has; otherwise they are read from the output, and summary.json's
+    counts are refreshed from the manifests (`manifest_counts`). Thumbnails read the source videos
+    with `source_s3` (the pipeline's input.s3; default the output's settings)."""
     store = store or Store(output_path)
     if summary is None:
         data = store.read_if_exists("summary.json")
         summary = json.loads(data) if data else {}
+        stats = stats or collect(store, rules or summary.get("rules"), sample)
+        if data:  # the manifests may have changed since the run wrote it
+            summary.update(manifest_counts(stats))
+            store.write_bytes("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
     stats = stats or collect(store, rules or summary.get("rules"), sample)
     page = render(stats, summary, store, source_s3 or store.cfg)
     store.write_bytes("report.html", page.encode("utf-8"))

@@ -561,6 +561,7 @@ def cmd_dedup(args) -> int:
     except ValueError as e:  # on Ray, the task's error wraps it
         return fail(str(getattr(e, "cause", e)), code=1)
     print(f"curate dedup: {stats}")
+    print(f"curate dedup: `curate report {args.output}` brings report.html, README.md and summary.json up to date")
     say_log(log_path)
     if args.json:
         with open(args.json, "w") as f:

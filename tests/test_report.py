@@ -140,3 +140,42 @@ def test_report_command_rebuilds_the_page(run, capsys):
     assert page.count("class=card>") == 4 and ">Filter reasons</h2>" in page
     # Without --rule, the thresholds come from the filter reasons the clips carry.
     assert page.count("class=threshold") == len({r for c in run["clips"] for r in c["filter_reasons"]})
+
+
+def test_report_command_refreshes_the_summary_counts(tmp_path, ray_session, capsys):
+    """Once the manifests change under a finished output (`curate dedup` filters duplicates),
+    `curate report` brings summary.json's counts back in line with them; the run's own figures stay."""
+    import json
+
+    import pyarrow as pa
+    from footage import cut_video
+
+    from curate import manifest
+    from curate.cli import main
+    from curate.storage import Store
+
+    cut_video(tmp_path / "a.mp4", [50, 40])
+    out = tmp_path / "out"
+    cfg = PipelineConfig.model_validate({"input": {"paths": [str(tmp_path / "a.mp4")]}, "output": {"path": str(out)},
+                                         "clips": {"min_duration_s": 1.0}})
+    run_pipeline(cfg, address=ray_session, echo=lambda *_: None)
+    before = json.loads((out / "summary.json").read_text())
+    assert before["clips_kept"] == before["clips"] >= 2 and before["clips_filtered"] == 0
+
+    store = Store(str(out))
+    name = manifest.committed_parts(store)[0]
+    table = manifest.read_clips_part(store, name)
+    kept, reasons = table["kept"].to_pylist(), table["filter_reasons"].to_pylist()
+    kept[0], reasons[0] = False, ["duplicate"]
+    for column, values in (("kept", kept), ("filter_reasons", reasons)):
+        i = table.schema.get_field_index(column)
+        table = table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
+    manifest.write_clips_part(store, name, table)
+
+    assert main(["report", str(out)]) == 0
+    after = json.loads((out / "summary.json").read_text())
+    assert after["clips_kept"] == before["clips"] - 1 and after["clips_filtered"] == 1
+    assert after["filter_reasons"] == {"duplicate": 1}
+    assert {k: v for k, v in after.items() if k not in ("clips_kept", "clips_filtered", "filter_reasons")} == {
+        k: v for k, v in before.items() if k not in ("clips_kept", "clips_filtered", "filter_reasons")
+    }
