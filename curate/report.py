@@ -255,6 +255,8 @@ def manifest_counts(stats: ManifestStats) -> dict:
         "clip_errors": stats.clip_errors,
         "filter_reasons": dict(stats.reasons),
     }
+
+
 # What a clip card shows besides the scores.
 _CARD_COLUMNS = ["clip_id", "source_uri", "start_s", "end_s", "pts_offset_s", "stream_index", "kept", "filter_reasons", "caption"]
 
@@ -396,14 +398,14 @@ def write_report(
     counts are refreshed from the manifests (`manifest_counts`). Thumbnails read the source videos
     with `source_s3` (the pipeline's input.s3; default the output's settings)."""
     store = store or Store(output_path)
+    refresh = False
     if summary is None:
         data = store.read_if_exists("summary.json")
-        summary = json.loads(data) if data else {}
-        stats = stats or collect(store, rules or summary.get("rules"), sample)
-        if data:  # the manifests may have changed since the run wrote it
-            summary.update(manifest_counts(stats))
-            store.write_bytes("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+        summary, refresh = (json.loads(data), True) if data else ({}, False)
     stats = stats or collect(store, rules or summary.get("rules"), sample)
+    if refresh:  # the manifests may have changed since the run wrote it
+        summary.update(manifest_counts(stats))
+        store.write_bytes("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
     page = render(stats, summary, store, source_s3 or store.cfg)
     store.write_bytes("report.html", page.encode("utf-8"))
     write_card(store, stats, summary)
