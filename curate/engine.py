@@ -315,7 +315,9 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
     ctx.op_resource_reservation_enabled = bool(flowing)
     split_concurrency = cfg.ray.split_concurrency
     if split_concurrency is None and not flowing:
-        split_concurrency = min(len(pending), 4 * max(1, int(ray.cluster_resources().get("CPU", 1))))
+        split_concurrency = 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if split_concurrency is not None:
+        split_concurrency = min(split_concurrency, len(pending))  # more than the page's videos: Ray Data warns
     gpus = _gpu_count(ray)
     transnet_weights = weights.get(transnetv2_ref(cfg.shots).name) if cfg.shots.detector == "transnetv2" else None
     sink = committer.target(driver_schema(stages).names)
@@ -333,7 +335,7 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
         # Data from fusing decoding into a stage's actors (which would cap decoding at the pool
         # size) or into task stages (which would bundle `batch_size` videos into one task).
         memory=DECODE_MEMORY_BYTES,
-        concurrency=split_concurrency,
+        compute=ray.data.TaskPoolStrategy(size=split_concurrency),
     )
     for stage, schema, stage_sink in zip(flowing, schemas[1:], sinks[1:]):
         num_gpus = stage.num_gpus if stage.num_gpus is not None else (
