@@ -20,7 +20,8 @@ reads parts column-selected and exchanges data through scratch files under the o
 1. scan (per part): candidates, embedding sizes, a training sample chosen by a hash of clip_id
 2. train (kmeans): the two-level k-means on the sample; clusters packed into pairwise tasks of
    about `task_rows` clips
-3. assign (per group of parts): each candidate's nearest clusters, one scratch file per pairwise task
+3. assign (per group of parts): each candidate's nearest clusters (searched once, kept in scratch
+   when the pairwise tasks run in waves), one scratch file per pairwise task
 4. pairs (per pairwise task): the pairs at or above `threshold` inside each cluster
 5. resolve (one task, memory O(similar pairs)): the keeper rule over every pair found
 6. apply (per part): `duplicate_of` (and `kept`, `filter_reasons` in filter mode), one atomic
@@ -119,11 +120,15 @@ class DedupStage(GlobalStage):
                 groups = _pack(rows, max(1, self.task_rows // 4))
                 bytes_per_clip = 4 * max(dims)
                 limit = self.scratch_gb * 1e9 / bytes_per_clip if self.scratch_gb else math.inf
-                for wave in _pack(task_clips, limit):
+                waves = _pack(task_clips, limit)
+                for w, wave in enumerate(waves):
                     stats.waves += 1
                     span = (wave[0], wave[-1] + 1)
-                    for r in tasks.map(_assign, ((*job, [(i, names[i]) for i in g], plan, score, span) for g in groups)):
+                    # The first wave searches each clip's nearest clusters (and keeps them when more waves follow).
+                    near_from = "search" if len(waves) == 1 else "keep" if w == 0 else "reuse"
+                    for r in tasks.map(_assign, ((*job, [(i, names[i]) for i in g], plan, score, span, near_from) for g in groups)):
                         stats.copies += r["copies"]
+                        stats.searched += r["searched"]
                     for r in tasks.map(_pairs, ((*job, t) for t in wave)):
                         stats.compared += r["compared"]
                     store.delete_tree(f"{scratch}/assign")
@@ -149,6 +154,7 @@ class DedupStats:
     clusters: int = 0
     copies: int = 0  # candidates' embeddings written to scratch (once per pairwise task they join)
     waves: int = 0  # passes of assign + pairs (more than 1 only under scratch_gb)
+    searched: int = 0  # candidates whose nearest clusters were searched (each once, whatever the waves)
     compared: int = 0  # clip pairs whose similarity was computed
     pairs: int = 0  # ...at or above the threshold
     duplicates: int = 0
@@ -369,8 +375,12 @@ def _tasks_for(near: np.ndarray, k: int, scale: float, task_rows: int) -> tuple[
 
 
 def _assign(
-    root: str, s3: S3Config, scratch: str, stage: DedupStage, parts: list[tuple[int, str]], plan: _Plan, score: str | None, span: tuple[int, int]
+    root: str, s3: S3Config, scratch: str, stage: DedupStage, parts: list[tuple[int, str]], plan: _Plan, score: str | None,
+    span: tuple[int, int], near_from: str,
 ) -> dict:
+    """Copy each candidate of `parts` to the scratch file of every pairwise task in `span` it joins.
+    `near_from`: "search" its nearest clusters, "keep" them too (about 4 bytes a probe a clip) for
+    the later waves, which "reuse" them instead of searching again (the search is most of the step)."""
     store = Store(root, s3)
     keys, ids, scores, vecs = [], [], [], []
     for part, name in parts:
@@ -385,12 +395,22 @@ def _assign(
         vecs.append(e)
     key = np.concatenate(keys)
     if not len(key):
-        return {"copies": 0, "rss_mb": _rss_mb()}
+        return {"copies": 0, "searched": 0, "rss_mb": _rss_mb()}
     x = np.concatenate([v for v in vecs if len(v)])
-    near = np.zeros((len(x), 1), np.int64) if plan.clusters is None else kmeans.nearest(plan.clusters, x, stage.probes)
+    group, copies, searched = f"g{parts[0][0]:06d}", 0, 0
+    kept_near = f"{scratch}/near/{group}.npy"
+    if plan.clusters is None:
+        near = np.zeros((len(x), 1), np.int64)
+    elif near_from == "reuse":
+        near = np.load(io.BytesIO(store.read_bytes(kept_near))).astype(np.int64)
+    else:
+        near, searched = kmeans.nearest(plan.clusters, x, stage.probes), len(x)
+        if near_from == "keep":
+            buf = io.BytesIO()
+            np.save(buf, near.astype(np.int32))
+            store.write_bytes(kept_near, buf.getvalue())
     task = np.where(near >= 0, plan.task_of[np.maximum(near, 0)], -1)
     ids_a, score_a = pa.array(ids, pa.string()), np.concatenate(scores)
-    group, copies = f"g{parts[0][0]:06d}", 0
     for t in np.unique(task[(task >= span[0]) & (task < span[1])]):
         sel = np.nonzero((task == t).any(axis=1))[0]
         own = np.where(task[sel, 0] == t, near[sel, 0], -1)
@@ -408,7 +428,7 @@ def _assign(
         )
         _put(store, f"{scratch}/assign/t{t:05d}/{group}.parquet", table)
         copies += len(sel)
-    return {"copies": copies, "rss_mb": _rss_mb()}
+    return {"copies": copies, "searched": searched, "rss_mb": _rss_mb()}
 
 
 def similar_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float, block: int) -> tuple[np.ndarray, np.ndarray]:

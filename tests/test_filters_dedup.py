@@ -233,6 +233,8 @@ def test_small_tasks_and_scratch_in_waves_give_the_same_result(corpus, tmp_path)
     # ~2000 clips per pairwise task, at most ~3300 clips' embeddings in scratch at once
     waves = DedupStage(cluster_size=200, task_rows=2000, scratch_gb=0.01).process_manifest(many)
     assert whole.waves == 1 and waves.waves >= 4
+    # Each clip's nearest clusters are searched once, in the first wave, and reused by the others.
+    assert waves.searched == whole.searched == whole.candidates
     assert waves.copies > whole.copies  # a clip joins more (smaller) tasks
     assert (waves.pairs, waves.duplicates) == (whole.pairs, whole.duplicates)
     assert result(many) == result(one)
