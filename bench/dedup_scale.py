@@ -58,7 +58,9 @@ def dedup(root: str, *options: str) -> dict:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-3000:]}")
         stats = json.load(open(f.name))
     stats["process_s"] = time.perf_counter() - t0
-    print("  " + run.stdout.strip().splitlines()[-1], flush=True)
+    print("  " + next(line for line in run.stdout.splitlines() if line.startswith("curate dedup: ")), flush=True)
+    steps = ", ".join(f"{k} {v:.0f}s" for k, v in stats.get("steps_s", {}).items())
+    print(f"  {stats.get('waves', 0)} wave(s); steps: {steps}", flush=True)
     return stats
 
 

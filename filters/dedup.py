@@ -214,7 +214,8 @@ class _Tasks:
                 pending.append(remote.remote(*a))
             while pending:
                 yield self._seen(self.ray.get(pending.popleft()))
-        self.seconds[fn.__name__.strip("_")] = time.perf_counter() - t0
+        name = fn.__name__.strip("_")
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0  # summed over the waves
 
     def plan(self, job: tuple, candidates: int) -> tuple:
         """(plan or its object ref, clusters, expected clips of each pairwise task): one cluster for `exact` or fewer than
