@@ -356,6 +356,12 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
     return ds
 
 
+def _global_stage_outputs() -> list[pa.Field]:
+    """The clips columns the global stages (those run on a finished output) add to every part.
+    Imports every stage's module: called only when an output holds columns this run does not write."""
+    return [f for name in STAGE_CLASSES if issubclass(cls := stage_class(name), GlobalStage) for f in cls().outputs()]
+
+
 def frames_read(stages: list[Stage]) -> frozenset[str]:
     """The sampled frames (SAMPLED_FRAMES) some stage reads: the decode pass converts and keeps only
     those (a decode-only run none, a motion-only one the small grey frames)."""
@@ -371,8 +377,8 @@ def longest_first(uris: list[str]) -> list[str]:
 
     def size(uri: str) -> int:
         try:
-            return os.path.getsize(uri) if "://" not in uri else -1
-        except OSError:
+            return os.path.getsize(uri)
+        except OSError:  # not a local file (s3://...)
             return -1
 
     return sorted(uris, key=size, reverse=True)
@@ -450,7 +456,7 @@ def _run(
     # After the repair (which may remove the very parts that differ), before any part is written.
     out_schema, videos_schema = manifest.settle_schemas(
         store, manifest_schema(stages, transient=False), allow_change=allow_schema_change,
-        added_later=tuple(f for name in STAGE_CLASSES if issubclass(cls := stage_class(name), GlobalStage) for f in cls().outputs()),
+        added_later=_global_stage_outputs,
     )
     done = resume.done_ids(retry_failed)
     known = resume.table.column("video_id").combine_chunks()

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def settle_schemas(
     store: Store, clips: pa.Schema, videos: pa.Schema = VIDEOS_SCHEMA, allow_change: bool = False,
-    added_later: tuple[pa.Field, ...] = (),
+    added_later: Callable[[], list[pa.Field]] = list,
 ) -> tuple[pa.Schema, pa.Schema]:
     """The (clips, videos) schemas a run into `store` must write its parts with, so that every part
     of a manifest has the same columns in the same order with the same types (on a glob of mixed
@@ -153,18 +154,19 @@ def settle_schemas(
     changes, e.g. float to double; empty lists or nulls where a part lacks a column), one atomic
     write per part, and the union is returned. Holding the lease, before any part is written.
 
-    `added_later`: clips columns a step run on the finished output adds to every part (`curate
-    dedup`'s `duplicate_of`). Parts that have one keep it without a word, and this run writes it
-    too (null until that step runs again), so a pipeline without the step resumes there."""
+    `added_later`: the clips columns a step run on the finished output adds to every part (`curate
+    dedup`'s `duplicate_of`), asked for only when the parts hold columns `clips` lacks. Parts that
+    have one keep it without a word, and this run writes it too (null until that step runs again),
+    so a pipeline without the step resumes there."""
     names = committed_parts(store)
     out = []
     for rel_dir, wanted in ((CLIPS_DIR, clips), (VIDEOS_DIR, videos)):
         wanted = wanted.remove_metadata()
         found = {f"{rel_dir}/{n}": part_schema(store, f"{rel_dir}/{n}") for n in names}
-        if rel_dir == CLIPS_DIR:
-            have = {f.name for schema in found.values() for f in schema}
-            for f in added_later:
-                if f.name in have and f.name not in wanted.names:
+        extra = {f.name for schema in found.values() for f in schema} - set(wanted.names)
+        if rel_dir == CLIPS_DIR and extra:
+            for f in added_later():
+                if f.name in extra:
                     wanted = wanted.append(f)
         differ = {rel: schema for rel, schema in found.items() if not schema.equals(wanted)}
         if differ and not allow_change:

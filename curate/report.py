@@ -398,12 +398,12 @@ def write_report(
     counts are refreshed from the manifests (`manifest_counts`). Thumbnails read the source videos
     with `source_s3` (the pipeline's input.s3; default the output's settings)."""
     store = store or Store(output_path)
-    refresh = False
+    data = None
     if summary is None:
         data = store.read_if_exists("summary.json")
-        summary, refresh = (json.loads(data), True) if data else ({}, False)
+        summary = json.loads(data) if data else {}
     stats = stats or collect(store, rules or summary.get("rules"), sample)
-    if refresh:  # the manifests may have changed since the run wrote it
+    if data:  # read from the output: the manifests may have changed since the run wrote it
         summary.update(manifest_counts(stats))
         store.write_bytes("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
     page = render(stats, summary, store, source_s3 or store.cfg)

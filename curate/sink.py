@@ -96,12 +96,11 @@ def write_fragment(table: pa.Table, target: FragmentTarget) -> pa.Table:
         return pa.Table.from_pylist([{"fault": fault_json(e)}], schema=REPORT_SCHEMA)
 
     busy: dict[str, dict] = {}
-    has_busy = "busy" in table.column_names
-    for entries, emitted in zip(table.column("busy").to_pylist() if has_busy else [], table.column("emitted_clips").to_pylist() if has_busy else []):
-        for e in entries or []:
+    for r in table.select(["busy", "emitted_clips"]).to_pylist() if "busy" in table.column_names else []:
+        for e in r["busy"] or []:
             d = busy.setdefault(e["stage"], {"clips": 0, "frames": 0, "busy_s": 0.0})
             # split's entry rides on the video's record, which says how many clips it made
-            d["clips"] += (emitted or 0) if e["stage"] == "split" else 1
+            d["clips"] += (r["emitted_clips"] or 0) if e["stage"] == "split" else 1
             d["frames"] += e["frames"]
             d["busy_s"] += e["seconds"]
     per_video: dict[str, dict] = {}

@@ -5,7 +5,8 @@ One streaming pass over the movie stream's decoded frames records each frame's p
 bounded set of sampled RGB frames and low-resolution grayscale motion frames, upright and with
 square pixels (`curate.video`), each kind only when a stage of the run reads it. Clips are
 finalised as soon as their extent is certain (a detected cut, or a full `max_duration_s` window
-inside a long shot), so what is held never depends on the video's length. Any failure makes the video an error record; the run goes on.
+inside a long shot), so what is held never depends on the video's length. Any failure makes the
+video an error record; the run goes on.
 
 Times are presentation times in seconds from the video stream's first frame (`pts_offset_s` is
 that frame's PTS in the file's own timeline), so they are exact on variable-frame-rate footage.
