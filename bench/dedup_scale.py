@@ -73,7 +73,7 @@ from curate import manifest, report
 from curate.storage import Store
 store = Store(sys.argv[1])
 t0 = time.perf_counter()
-done = len(manifest.recover(store).done_ids(retry_failed=True))
+done = len(manifest.recover(store))
 t1 = time.perf_counter()
 report.write_report(sys.argv[1], store=store)
 t2 = time.perf_counter()

