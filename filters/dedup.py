@@ -64,6 +64,11 @@ REASON = "duplicate_of "
 # Training vectors per fine centroid: faiss's floor for a meaningful k-means is 39.
 SAMPLE_PER_CLUSTER = 40
 READ = ["clip_id", "kept", "filter_reasons", "clip_embedding"]
+# Scratch holds embeddings in half precision (half the bytes written and read). Rounding a unit
+# vector to float16 moves each component by at most u = 2^-11 of itself, so a cosine moves by at
+# most 2u + u^2 (Cauchy-Schwarz; float16 subnormals and float32 sums add under 1e-4): a pair within
+# MARGIN of the threshold is decided again from the manifest's float32 embeddings.
+MARGIN = 2e-3
 
 
 class DedupStage(GlobalStage):
@@ -118,7 +123,7 @@ class DedupStage(GlobalStage):
                 plan, stats.clusters, task_clips = tasks.plan(job, stats.candidates)
                 # Assigning holds a quarter of a pairwise task: several per task keep every CPU busy.
                 groups = _pack(rows, max(1, self.task_rows // 4))
-                bytes_per_clip = 4 * max(dims)
+                bytes_per_clip = 2 * max(dims)  # float16
                 limit = self.scratch_gb * 1e9 / bytes_per_clip if self.scratch_gb else math.inf
                 waves = _pack(task_clips, limit)
                 for w, wave in enumerate(waves):
@@ -132,8 +137,8 @@ class DedupStage(GlobalStage):
                     for r in tasks.map(_pairs, ((*job, t) for t in wave)):
                         stats.compared += r["compared"]
                     store.delete_tree(f"{scratch}/assign")
-                [r] = tasks.map(_resolve, [job])
-                decided, stats.pairs, stats.duplicates = set(r["parts"]), r["pairs"], r["duplicates"]
+                [r] = tasks.map(_resolve, [(*job, names)])
+                decided, stats.pairs, stats.duplicates, stats.checked = set(r["parts"]), r["pairs"], r["duplicates"], r["checked"]
             for r in tasks.map(_apply, ((*job, i, n, i in decided) for i, n in enumerate(names))):
                 stats.rewritten += r["rewritten"]
         finally:
@@ -157,6 +162,7 @@ class DedupStats:
     searched: int = 0  # candidates whose nearest clusters were searched (each once, whatever the waves)
     compared: int = 0  # clip pairs whose similarity was computed
     pairs: int = 0  # ...at or above the threshold
+    checked: int = 0  # pairs within MARGIN of the threshold in half precision, decided again from float32
     duplicates: int = 0
     rewritten: int = 0  # parts written back
     wall_s: float = 0.0
@@ -325,7 +331,7 @@ def _scan(root: str, s3: S3Config, scratch: str, stage: DedupStage, part: int, n
         h = _hash(table["clip_id"].take(pa.array(rows)).to_pylist(), stage.seed)
         pick = h.astype(np.float64) < fraction * 2.0**64
         if pick.any():
-            _put(store, f"{scratch}/sample/p{part:06d}.parquet", pa.table({"hash": h[pick], "embedding": _vectors(e[pick])}))
+            _put(store, f"{scratch}/sample/p{part:06d}.parquet", pa.table({"hash": h[pick], "embedding": _vectors(e[pick].astype(np.float16))}))
     return {
         "rows": table.num_rows,
         "candidates": len(rows),
@@ -340,13 +346,13 @@ def _train(root: str, s3: S3Config, scratch: str, stage: DedupStage, candidates:
     names = store.list(f"{scratch}/sample")
     if not names:  # no candidate drawn: too few to cluster
         return _Plan(None, np.zeros(1, np.int64)), {"clusters": 1, "task_clips": [candidates], "rss_mb": _rss_mb()}
-    # Half precision: the sample is 40 clips per cluster, 16% of every embedding at cluster_size
-    # 250, and k-means only needs it to place centroids.
+    # Half precision (as scan wrote it): the sample is 40 clips per cluster, 16% of every embedding
+    # at cluster_size 250, and k-means only needs it to place centroids.
     hashes, vectors = [], []
     for n in names:
         t = pq.read_table(pa.BufferReader(store.read_bytes(f"{scratch}/sample/{n}")))
         hashes.append(t["hash"].to_numpy())
-        vectors.append(_matrix(t["embedding"]).astype(np.float16))
+        vectors.append(_matrix(t["embedding"]))
     x, h = np.concatenate(vectors), np.concatenate(hashes)
     del vectors
     clusters = kmeans.train(x, min(math.ceil(candidates / stage.cluster_size), len(x)), stage.seed, order=np.argsort(h, kind="stable"))
@@ -424,7 +430,7 @@ def _assign(
                 "score": score_a[sel],
                 "cluster": own,
                 "probes": pa.ListArray.from_arrays(pa.array(offsets), pa.array(near[sel, 1:][guest])),
-                "embedding": _vectors(x[sel]),
+                "embedding": _vectors(x[sel].astype(np.float16)),
             }
         )
         _put(store, f"{scratch}/assign/t{t:05d}/{group}.parquet", table)
@@ -432,28 +438,32 @@ def _assign(
     return {"copies": copies, "searched": searched, "rss_mb": _rss_mb()}
 
 
-def similar_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i, j) with a[i] . b[j] >= threshold, for unit rows; with b None, the pairs
-    within a with i < j. Computed a tile of `block` x `block` at a time (memory O(block^2))."""
+def similar_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index pairs (i, j) with a[i] . b[j] >= threshold, for unit rows, and their cosines; with b
+    None, the pairs within a with i < j. Computed a tile of `block` x `block` at a time (memory O(block^2))."""
     same = b is None
     b = a if same else b
-    found_i, found_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    found_i, found_j, found_cos = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     for r0 in range(0, len(a), block):
         for c0 in range(r0 if same else 0, len(b), block):
-            r, c = np.nonzero(a[r0 : r0 + block] @ b[c0 : c0 + block].T >= threshold)
+            sims = a[r0 : r0 + block] @ b[c0 : c0 + block].T
+            r, c = np.nonzero(sims >= threshold)
             if same and c0 == r0:
                 r, c = r[c > r], c[c > r]
             found_i.append(r + r0)
             found_j.append(c + c0)
-    return np.concatenate(found_i), np.concatenate(found_j)
+            found_cos.append(sims[r, c].astype(np.float32))
+    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_cos)
 
 
 def _pairs(root: str, s3: S3Config, scratch: str, stage: DedupStage, task: int) -> dict:
+    """The task's pairs at or above the threshold from the half-precision copies; those within
+    MARGIN of it are marked for `_resolve` to decide again."""
     store = Store(root, s3)
     table = _get(store, f"{scratch}/assign/t{task:05d}")
     if table is None:
         return {"compared": 0, "rss_mb": _rss_mb()}
-    x = _matrix(table["embedding"])
+    x = _matrix(table["embedding"]).astype(np.float32)  # BLAS has no float16 product
     table = table.drop_columns(["embedding"])
     key = table["key"].to_numpy()
     own = table["cluster"].to_numpy()
@@ -462,24 +472,40 @@ def _pairs(root: str, s3: S3Config, scratch: str, stage: DedupStage, task: int) 
     guest_cluster = probes.flatten().to_numpy()
     members = {c: np.nonzero(own == c)[0] for c in np.unique(own[own >= 0])}
     guests = {c: guest_row[guest_cluster == c] for c in np.unique(guest_cluster)}
-    compared, found = 0, []
+    compared, found = 0, [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
     for c, m in members.items():
         g = guests.get(c, np.zeros(0, np.int64))
         compared += len(m) * (len(m) - 1) // 2 + len(g) * len(m)
-        i, j = similar_pairs(x[m], None, stage.threshold, stage.block)
-        found.append((m[i], m[j]))
+        i, j, cos = similar_pairs(x[m], None, stage.threshold - MARGIN, stage.block)
+        found.append((m[i], m[j], cos))
         if len(g):
-            i, j = similar_pairs(x[g], x[m], stage.threshold, stage.block)
-            found.append((g[i], m[j]))
-    i = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
-    j = np.concatenate([f[1] for f in found]) if found else np.zeros(0, np.int64)
+            i, j, cos = similar_pairs(x[g], x[m], stage.threshold - MARGIN, stage.block)
+            found.append((g[i], m[j], cos))
+    i, j, cos = (np.concatenate(f) for f in zip(*found))
     # Each pair once, its clip with the smaller key first (a pair seen in two clusters counts once).
     first = key[i] < key[j]
-    pair = np.unique(np.stack([np.where(first, i, j), np.where(first, j, i)], axis=1), axis=0)
+    pair, at = np.unique(np.stack([np.where(first, i, j), np.where(first, j, i)], axis=1), axis=0, return_index=True)
     if len(pair):
         ends = {f"{side}_{col}": table[col].take(pa.array(pair[:, n])) for n, side in enumerate("ab") for col in ("key", "clip_id", "score")}
+        ends["sure"] = pa.array(cos[at] >= stage.threshold + MARGIN)
         _put(store, f"{scratch}/pairs/t{task:05d}.parquet", pa.table(ends))
     return {"compared": compared, "rss_mb": _rss_mb()}
+
+
+def _cosines(store: Store, names: list[str], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosines of the clips with keys a[e] and b[e] (part << 32 | row) from the manifest's
+    embeddings, normalised as `_candidates` does; each part read once (column-selected)."""
+    ends = np.concatenate([a, b])
+    parts, inverse = np.unique(ends >> 32, return_inverse=True)
+    vectors = np.zeros((len(ends), 0), np.float32)
+    for n, p in enumerate(parts):
+        at = np.nonzero(inverse == n)[0]
+        col = manifest.read_clips_part(store, names[p], ["clip_embedding"])["clip_embedding"].take(pa.array(ends[at] & 0xFFFFFFFF))
+        e = _matrix(col).astype(np.float32)
+        if not vectors.shape[1]:
+            vectors = np.zeros((len(ends), e.shape[1]), np.float32)
+        vectors[at] = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return np.einsum("ij,ij->i", vectors[: len(a)], vectors[len(a) :])
 
 
 def keepers(a: np.ndarray, b: np.ndarray, key: np.ndarray, clip_id: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -504,11 +530,18 @@ def keepers(a: np.ndarray, b: np.ndarray, key: np.ndarray, clip_id: np.ndarray, 
     return claimed_by
 
 
-def _resolve(root: str, s3: S3Config, scratch: str, stage: DedupStage) -> dict:
+def _resolve(root: str, s3: S3Config, scratch: str, stage: DedupStage, names: list[str]) -> dict:
     store = Store(root, s3)
     table = _get(store, f"{scratch}/pairs")
-    if table is None:
-        return {"parts": [], "pairs": 0, "duplicates": 0, "rss_mb": _rss_mb()}
+    unsure = pc.invert(table["sure"]).to_numpy(zero_copy_only=False) if table is not None else np.zeros(0, bool)
+    checked = 0
+    if unsure.any():  # decided from float32, as the exact method would
+        rows = np.nonzero(unsure)[0]
+        cos = _cosines(store, names, table["a_key"].to_numpy()[rows], table["b_key"].to_numpy()[rows])
+        table = pa.concat_tables([table.filter(pa.array(~unsure)), table.take(pa.array(rows[cos >= stage.threshold]))])
+        checked = len(rows)
+    if table is None or not table.num_rows:
+        return {"parts": [], "pairs": 0, "duplicates": 0, "checked": checked, "rss_mb": _rss_mb()}
     ends = np.concatenate([table[f"{s}_key"].to_numpy() for s in "ab"])
     key, first, vertex = np.unique(ends, return_index=True, return_inverse=True)
     clip_id = np.concatenate([table[f"{s}_clip_id"].to_numpy() for s in "ab"])[first].astype(str)
@@ -522,7 +555,7 @@ def _resolve(root: str, s3: S3Config, scratch: str, stage: DedupStage) -> dict:
         at = part == p
         decision = pa.table({"row": row[at], "keeper": pa.array(clip_id[claimed_by[dup[at]]], pa.string())})
         _put(store, f"{scratch}/decisions/p{p:06d}.parquet", decision)
-    return {"parts": np.unique(part).tolist(), "pairs": len(edges), "duplicates": len(dup), "rss_mb": _rss_mb()}
+    return {"parts": np.unique(part).tolist(), "pairs": len(edges), "duplicates": len(dup), "checked": checked, "rss_mb": _rss_mb()}
 
 
 def _apply(root: str, s3: S3Config, scratch: str, stage: DedupStage, part: int, name: str, decided: bool) -> dict:
