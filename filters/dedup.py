@@ -21,9 +21,12 @@ reads parts column-selected and exchanges data through scratch files under the o
 2. train (kmeans): the two-level k-means on the sample; clusters packed into pairwise tasks of
    about `task_rows` clips
 3. assign (per group of parts): each candidate's nearest clusters (searched once, kept in scratch
-   when the pairwise tasks run in waves), one scratch file per pairwise task
-4. pairs (per pairwise task): the pairs at or above `threshold` inside each cluster
-5. resolve (one task, memory O(similar pairs)): the keeper rule over every pair found
+   when the pairwise tasks run in waves), one scratch file per pairwise task, embeddings in half
+   precision
+4. pairs (per pairwise task): the pairs at or above `threshold` inside each cluster (those within
+   the rounding of half precision, MARGIN, marked)
+5. resolve (one task, memory O(similar pairs)): the marked pairs decided from the parts' float32
+   embeddings (each part holding one read once), then the keeper rule over every pair found
 6. apply (per part): `duplicate_of` (and `kept`, `filter_reasons` in filter mode), one atomic
    rewrite per changed part
 
@@ -86,12 +89,14 @@ class DedupStage(GlobalStage):
     # 5 found >= 0.99 of the exact method's pairs on synthetic CLIP-like data (bench/README.md).
     probes: int = Field(5, ge=1)
     seed: int = Field(0, ge=0)
-    # Clips one pairwise task holds (about task_rows * 3 KB of 768-d float32 embeddings); a
+    # Clips one pairwise task holds (about task_rows * 4.5 KB at 768-d: the half-precision copies
+    # and the float32 ones it multiplies); a
     # single cluster larger than this (or the whole set, for `exact`) is still one task.
     task_rows: int = Field(50_000, ge=1)
     block: int = Field(4096, ge=1)  # rows of one tile of the similarity matrix
     # Most GB of embeddings the assign step may hold in scratch at once (None: no limit). Each clip
-    # is copied to every pairwise task it joins (3-4x the embeddings at the defaults); past this
+    # is copied, in half precision, to every pairwise task it joins (3.4-4.5 copies at the
+    # defaults: 1.7-2.3x the bytes of the float32 embeddings); past this
     # the pairwise tasks run in waves, and the parts are read once per wave.
     scratch_gb: float | None = Field(None, gt=0)
 
@@ -121,8 +126,9 @@ class DedupStage(GlobalStage):
             decided: set[int] = set()
             if stats.candidates >= 2:
                 plan, stats.clusters, task_clips = tasks.plan(job, stats.candidates)
-                # Assigning holds a quarter of a pairwise task: several per task keep every CPU busy.
-                groups = _pack(rows, max(1, self.task_rows // 4))
+                # Each group of parts writes one scratch file per pairwise task its clips join: groups as
+                # large as a pairwise task keep the files few (at 5M clips, a quarter of that made 200,000).
+                groups = _pack(rows, self.task_rows)
                 bytes_per_clip = 2 * max(dims)  # float16
                 limit = self.scratch_gb * 1e9 / bytes_per_clip if self.scratch_gb else math.inf
                 waves = _pack(task_clips, limit)
@@ -271,10 +277,11 @@ class _Plan:
 
 
 def _put(store: Store, rel: str, table: pa.Table) -> None:
+    """A scratch file: not synced to disk (a killed dedup starts over without its scratch)."""
     buf = io.BytesIO()
     # Embeddings compress neither way (and a dictionary attempt on them costs 6x the write); scratch is read once.
     pq.write_table(table, buf, compression="none", use_dictionary=False)
-    store.write_bytes(rel, buf.getvalue())
+    store.write_bytes(rel, buf.getvalue(), durable=False)
 
 
 def _get(store: Store, rel_dir: str) -> pa.Table | None:
@@ -415,11 +422,15 @@ def _assign(
         if near_from == "keep":
             buf = io.BytesIO()
             np.save(buf, near.astype(np.int32))
-            store.write_bytes(kept_near, buf.getvalue())
+            store.write_bytes(kept_near, buf.getvalue(), durable=False)
     task = np.where(near >= 0, plan.task_of[np.maximum(near, 0)], -1)
     ids_a, score_a = pa.array(ids, pa.string()), np.concatenate(scores)
-    for t in np.unique(task[(task >= span[0]) & (task < span[1])]):
-        sel = np.nonzero((task == t).any(axis=1))[0]
+    # (task, row) once each, sorted by task: each task's rows are one slice.
+    joins = (task >= span[0]) & (task < span[1])
+    pair = np.unique(task[joins] * len(task) + np.nonzero(joins)[0])
+    joined_task, joined_row = pair // len(task), pair % len(task)
+    bounds = np.flatnonzero(np.diff(joined_task)) + 1
+    for t, sel in zip(joined_task[np.concatenate([[0], bounds])] if len(pair) else [], np.split(joined_row, bounds)):
         own = np.where(task[sel, 0] == t, near[sel, 0], -1)
         guest = task[sel, 1:] == t
         offsets = np.concatenate([[0], np.cumsum(guest.sum(axis=1))]).astype(np.int32)
