@@ -180,7 +180,8 @@ class DedupStats:
         method = "exact" if self.clusters <= 1 else f"kmeans, {self.clusters} clusters"
         return (
             f"{self.candidates} of {self.clips} clips compared ({method}; {self.compared} pairs), "
-            f"{self.pairs} similar pairs, {self.duplicates} duplicates, {self.rewritten}/{self.parts} parts "
+            f"{self.pairs} similar pairs ({self.checked} near the threshold checked in float32), "
+            f"{self.duplicates} duplicates, {self.rewritten}/{self.parts} parts "
             f"rewritten in {self.wall_s:.1f}s (peak RSS: this process {self.driver_rss_mb:.0f} MB, "
             f"largest worker {self.worker_rss_mb:.0f} MB)"
         )
