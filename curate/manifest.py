@@ -403,7 +403,8 @@ def recover(store: Store) -> Resume:
     without their clips twin (a concurrent run of an older version deleted them), and keeps one row
     per video: a complete one (as many clips as `num_clips`) with the most attempts, from the first
     part in name order. Parts are read a column set at a time and rewritten clips first, so a run
-    killed midway leaves an output this same repair finishes. Call it holding the lease.
+    killed midway leaves an output this same repair finishes. Call it holding the lease. Raises
+    ConfigError for a videos part whose ids curate did not make.
 
     A video is worth another run (`Resume.done` with retry_failed) when it failed with an error that
     may pass (rows older than the `retryable` flag count as such) or a stage failed on one of its
@@ -439,7 +440,7 @@ def recover(store: Store) -> Resume:
         try:
             ids.append(id_numbers(v.column("video_id").combine_chunks()))
         except ValueError as e:
-            raise ValueError(f"{VIDEOS_DIR}/{name}: {e}") from None
+            raise ConfigError(f"{store.uri(VIDEOS_DIR)}/{name}: {e}: not a part curate wrote") from None
         attempts.append(pc.fill_null(v.column("attempts"), 1).to_numpy().astype(np.int32))
         redo.append(pc.or_(pc.and_(ok, pc.fill_null(v.column("failed_any"), False)), may_pass).to_numpy(zero_copy_only=False))
         part.append(np.full(v.num_rows, i, np.int32))

@@ -246,8 +246,8 @@ class Store:
 
     def write_bytes(self, rel: str, data: bytes, durable: bool = True) -> None:
         """Write `rel` atomically (readers see the old file or the new one). `durable=False` skips
-        the local fsync: for scratch a crash discards anyway (dedup writes some 200,000 small files
-        at 5M clips, and a sync each made it wait on the disk)."""
+        the local fsync: for scratch, which a crash discards anyway (dedup writes tens of thousands
+        of small files at millions of clips, and a sync each kept it waiting on the disk)."""
         if self.s3:
             bucket, key = split_s3(self.uri(rel))
             self._s3(lambda: self.client.put_object(Bucket=bucket, Key=key, Body=data), "write", rel)

@@ -183,6 +183,10 @@ def test_recovery_keeps_the_best_row_of_each_video_in_13_bytes_a_video(tmp_path)
     assert pq.read_table(tmp_path / "videos/part-a-00000.parquet").num_rows == 900
     assert pq.read_table(tmp_path / "videos/part-b-00000.parquet").num_rows == 100
     assert pq.read_table(tmp_path / "clips/part-b-00000.parquet").num_rows == 0
+    # Ids curate did not make: one line naming the part, nothing rewritten.
+    commit("part-c-00000.parquet", [{"video_id": "clip-7", "status": "ok", "num_clips": 1, "attempts": 1}], [{"video_id": "clip-7", "errors": []}])
+    with pytest.raises(ConfigError, match=r"videos/part-c-00000.parquet: video_id 'clip-7' is not 16 hex digits"):
+        manifest.recover(store)
 
 
 
