@@ -66,6 +66,10 @@ SCRATCH = ".dedup-scratch"
 REASON = "duplicate_of "
 # Training vectors per fine centroid: faiss's floor for a meaningful k-means is 39.
 SAMPLE_PER_CLUSTER = 40
+# Sample clips whose nearest clusters size the pairwise tasks (the first in hash order). At 5M clips
+# searching all 800,000 took a minute; 200,000 made 504 tasks, not 495, with 4.48 copies a clip,
+# not 4.47, the largest 1% larger (bench/README.md, Dedup at scale).
+SIZING_ROWS = 200_000
 READ = ["clip_id", "kept", "filter_reasons", "clip_embedding"]
 # Scratch holds embeddings in half precision (half the bytes written and read). Rounding a unit
 # vector to float16 moves each component by at most u = 2^-11 of itself, so a cosine moves by at
@@ -363,8 +367,10 @@ def _train(root: str, s3: S3Config, scratch: str, stage: DedupStage, candidates:
         vectors.append(_matrix(t["embedding"]))
     x, h = np.concatenate(vectors), np.concatenate(hashes)
     del vectors
-    clusters = kmeans.train(x, min(math.ceil(candidates / stage.cluster_size), len(x)), stage.seed, order=np.argsort(h, kind="stable"))
-    task_of, task_clips = _tasks_for(kmeans.nearest(clusters, x, stage.probes), clusters.k, candidates / len(x), stage.task_rows)
+    order = np.argsort(h, kind="stable")
+    clusters = kmeans.train(x, min(math.ceil(candidates / stage.cluster_size), len(x)), stage.seed, order=order)
+    sizing = x[order[:SIZING_ROWS]]
+    task_of, task_clips = _tasks_for(kmeans.nearest(clusters, sizing, stage.probes), clusters.k, candidates / len(sizing), stage.task_rows)
     return _Plan(clusters, task_of), {"clusters": clusters.k, "task_clips": task_clips.tolist(), "rss_mb": _rss_mb()}
 
 

@@ -218,6 +218,18 @@ def test_kmeans_is_deterministic_for_a_seed(corpus, tmp_path):
     assert np.array_equal(same, again) and not np.array_equal(same, other)
 
 
+def test_nearest_clusters_are_the_flat_search_when_every_cell_is_searched():
+    x = Corpus(parts=1, rows=2000, seed=7).embeddings(0)
+    clusters = kmeans.train(x, 60, 0)
+    flat = np.argsort(-(x[:500] @ clusters.fine.T), axis=1, kind="stable")[:, :5]
+    assert np.array_equal(kmeans.nearest(clusters, x[:500], 5, coarse_probes=len(clusters.coarse), chunk=128), flat)
+    # Fewer candidates in the searched cells than probes: the rest is -1, the found ones still nearest first.
+    one_cell = kmeans.nearest(clusters, x[:50], clusters.k, coarse_probes=1)
+    width = np.diff(clusters.start)
+    assert ((one_cell >= 0).sum(axis=1) == width[np.searchsorted(clusters.start, one_cell[:, 0], side="right") - 1]).all()
+    assert (one_cell[:, -1] == -1).all() and (one_cell[:, 0] == flat[:50, 0]).mean() > 0.9
+
+
 def test_ray_tasks_give_the_same_result_as_one_process(corpus, tmp_path, ray_session):
     local = copy_of(corpus, tmp_path / "local")
     code = f"""
