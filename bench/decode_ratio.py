@@ -13,8 +13,8 @@ execution on a trivial dataset, which starts its stats and autoscaling actors an
 processes with Ray Data imported. Nothing of curate's is loaded by it. The pipeline then runs twice
 in this process on that Ray: the first run is the number that counts (curate's imports in every
 worker, its models and set-up included); the second shows what is left once those are paid for.
-CPU seconds (FFmpeg's, and those of this process and every Ray process it started) are reported
-beside wall times: on a shared machine they move far less. Before all that, the same pipeline runs
+CPU seconds (FFmpeg's, and the machine's during each run: this process and every Ray process,
+those that exit during the run included) are reported beside wall times; run it on a quiet machine. Before all that, the same pipeline runs
 once as a user runs it, `python -m curate run` in a fresh process, timed from start to exit (the
 interpreter, imports, Ray's start-up, the run and its report): the whole-process figure.
 
@@ -53,31 +53,14 @@ def children_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def tree_cpu_s() -> float:
-    """CPU seconds of this process and its live descendants (Ray's daemons and workers), including
-    what they reaped from children that already exited."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent, cpu = {}, {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        parent[int(name)] = int(fields[1])
-        cpu[int(name)] = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
-
-    def ours(pid: int) -> bool:
-        while pid > 1:
-            if pid == os.getpid():
-                return True
-            pid = parent.get(pid, 0)
-        return False
-
-    return sum(c for pid, c in cpu.items() if ours(pid))
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent (user, nice, system, irq, softirq; /proc/stat).
+    Ray's worker processes come and go during a run (a long video's segment tasks, workers Ray
+    retires), and an exited one's CPU leaves the process tree's count, so the machine's count is
+    the one that holds every process: meaningful on a quiet machine (the load average is printed)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
 
 
 def ffmpeg_decode(path: str) -> tuple[float, float]:
@@ -169,13 +152,13 @@ def _hold(batch):
 
 
 def run_once(cfg):
-    """The run's summary and the CPU seconds it took: in all (this process and every Ray process),
-    and in this process alone (the driver: Ray Data's executor, the manifest writer)."""
+    """The run's summary and the CPU seconds it took: in all (the machine's), and in this process
+    alone (the driver: Ray Data's executor, the manifest writer)."""
     from curate.engine import run_pipeline
 
-    c, d = tree_cpu_s(), self_cpu_s()
+    c, d = machine_cpu_s(), self_cpu_s()
     summary = run_pipeline(cfg, echo=lambda line: None)
-    return summary, tree_cpu_s() - c, self_cpu_s() - d
+    return summary, machine_cpu_s() - c, self_cpu_s() - d
 
 
 def main() -> int:
@@ -257,7 +240,7 @@ def main() -> int:
     print(f"whole process (python -m curate run, Ray start-up included): {whole_s:.2f}s wall, {whole_s / ffmpeg_s:.2f}x ffmpeg")
     print(f"ray start-up (excluded): ray.init {ray_init_s:.2f}s + Ray Data's first run {ray_data_s:.2f}s")
     print(f"pipeline first run: {first_s:.2f}s wall ({first.clips} clips; split busy {result['split_busy_s'] or 0:.1f}s over all workers)")
-    print(f"pipeline second run: {second_s:.2f}s wall, {second_cpu:.2f}s CPU in all ({second_driver_cpu:.2f}s of it in the driver)")
+    print(f"pipeline second run: {second_s:.2f}s wall, {second_cpu:.2f}s CPU in all, machine-wide ({second_driver_cpu:.2f}s of it in the driver)")
     target = TARGET_PIPELINE if args.pipeline else TARGET_SPLIT
     verdict = "ok" if result["ratio"] <= target else "OVER TARGET"
     print(f"ratio pipeline/ffmpeg: {result['ratio']:.2f} first run (target <= {target}: {verdict}), "

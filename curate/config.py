@@ -118,6 +118,9 @@ class FramesConfig(Section):
     motion_size: int = Field(128, ge=16)
     # Decoder threads (0: FFmpeg decides).
     decode_threads: int = Field(0, ge=0)
+    # A video at least twice this long (s) is decoded in segments of about this length, in parallel,
+    # each starting at a keyframe (MP4/MOV, Matroska/WebM); the clips are the same. 0: one pass.
+    segment_s: float = Field(30.0, ge=0)
 
 
 class ShotsConfig(Section):

@@ -175,7 +175,7 @@ def detect_file(path: str, cfg: ShotsConfig, weights_path: str | None = None) ->
                 break
             if size is None:
                 size = detect_size(frame, cfg.detect_width)
-            small = detector_input(detector, frame, size)
+            small = detector_input(detector.input_kind, detector.input_size, frame, size)
             t1 = time.perf_counter()
             out += detector.push(index, small)
             detect_s += time.perf_counter() - t1

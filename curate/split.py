@@ -8,6 +8,10 @@ finalised as soon as their extent is certain (a detected cut, or a full `max_dur
 inside a long shot), so what is held never depends on the video's length. Any failure makes the
 video an error record; the run goes on.
 
+A long video is decoded in segments that start at keyframes (`decode_segment`, run in parallel by
+the engine) whose frames then go through the same detection, shaping and sampling in order, with
+the same results as one pass.
+
 Times are presentation times in seconds from the video stream's first frame (`pts_offset_s` is
 that frame's PTS in the file's own timeline), so they are exact on variable-frame-rate footage.
 Frame numbers are decode-order indices of the presented frames from 0 (frames an edit list hides
@@ -23,6 +27,8 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain, islice
 
 import av
 import numpy as np
@@ -96,12 +102,13 @@ def detect_size(frame, width: int) -> tuple[int, int]:
     return width, max(2, round(width * frame.height / frame.width / 2) * 2)
 
 
-def detector_input(detector: Detector, frame, size: tuple[int, int]) -> np.ndarray | None:
-    """What a detector is fed for one decoded frame (split and eval-shots feed it the same way)."""
-    if detector.input_kind == "bgr":
-        return to_rgb(frame, *(detector.input_size or size), bgr=True)
-    if detector.input_kind == "rgb":  # TransNetV2: swscale's scaling, as its reference pipeline (FFmpeg) does
-        return swscale(frame, "rgb24", *detector.input_size)
+def detector_input(kind: str | None, input_size: tuple[int, int] | None, frame, size: tuple[int, int]) -> np.ndarray | None:
+    """What a detector (its `input_kind` and `input_size`) is fed for one decoded frame; `size`: the
+    detector's frame size when it names none (split and eval-shots feed it the same way)."""
+    if kind == "bgr":
+        return to_rgb(frame, *(input_size or size), bgr=True)
+    if kind == "rgb":  # TransNetV2: swscale's scaling, as its reference pipeline (FFmpeg) does
+        return swscale(frame, "rgb24", *input_size)
     return None
 
 
@@ -213,6 +220,11 @@ class ClipShaper:
         return self.boundary(Boundary(num_frames, num_frames))
 
 
+def grid_slot(t: float, interval_s: float) -> int:
+    """Which slot of a sampling grid of `interval_s` (s) time `t` (s) falls in."""
+    return math.floor(t / interval_s + 1e-6)
+
+
 @dataclass
 class FrameBuffer:
     """Frames kept on a grid of `interval_s` (the first frame at or after each grid time), thinned
@@ -222,22 +234,25 @@ class FrameBuffer:
     interval_s: float
     capacity: int
     step: int = 1  # grid slots between kept frames
-    last_slot: int = -1
+    last_slot: int = -1  # slot of the last frame offered to `wants`
     items: list[tuple[int, float, np.ndarray]] = field(default_factory=list)
 
-    def _slot(self, t: float) -> int:
-        return math.floor(t / self.interval_s + 1e-6)
+    def slot(self, t: float) -> int:
+        return grid_slot(t, self.interval_s)
 
     def wants(self, t: float) -> bool:
-        k = self._slot(t)
-        return k > self.last_slot and k % self.step == 0
+        """Whether to keep the frame at time `t`: the first frame of its slot on the grid. Every
+        frame is offered, in presentation order, so which frames are kept depends only on their times
+        and the thinning (a segmented decode keeps the first frame of each slot, the only ones asked for)."""
+        k = self.slot(t)
+        first, self.last_slot = k > self.last_slot, max(k, self.last_slot)
+        return first and k % self.step == 0
 
     def add(self, index: int, t: float, frame: np.ndarray) -> None:
-        self.last_slot = self._slot(t)
         self.items.append((index, t, frame))
         if len(self.items) > self.capacity:
             self.step *= 2
-            self.items = [it for it in self.items if self._slot(it[1]) % self.step == 0]
+            self.items = [it for it in self.items if self.slot(it[1]) % self.step == 0]
 
     def prune(self, before: int) -> None:
         """Drop frames before frame `before` (called every frame: costs nothing when there is nothing to drop)."""
@@ -336,10 +351,16 @@ class _PassState:
 
 
 def split_video(
-    uri: str, local_path: str, cfg: PipelineConfig, transnet_weights: str | None = None, samples: frozenset[str] = SAMPLED_FRAMES
+    uri: str, local_path: str, cfg: PipelineConfig, transnet_weights: str | None = None, samples: frozenset[str] = SAMPLED_FRAMES,
+    run_segments=None,
 ) -> Iterator[dict]:
     """Yield clip records as soon as they are finalised, then exactly one video-only record.
     `samples`: which of SAMPLED_FRAMES to keep (the others stay empty on the records: no stage reads them).
+
+    A video at least two `frames.segment_s` long in a seekable container is decoded in segments
+    that start at keyframes (`decode_segment`); `run_segments` maps the segments' arguments to their
+    results, in order (default: one after another here; the engine runs them as parallel Ray tasks).
+    The records are the same as a single pass's.
 
     Clips stream out during decoding so memory stays flat however long the video. If decoding
     fails midway, the closing record says so and the writer drops the clips already sent: a
@@ -349,7 +370,7 @@ def split_video(
     state = _PassState()
     error = None
     try:
-        for clip in _decode_pass(local_path, cfg, transnet_weights, state, video_id, uri, samples):
+        for clip in _decode_pass(local_path, cfg, transnet_weights, state, video_id, uri, samples, run_segments):
             state.emitted += 1
             yield clip
     except VideoError as e:
@@ -375,7 +396,233 @@ def _frames(container, stream, last_other: list[float]) -> Iterator:
             last_other[0] = max(last_other[0], float((packet.pts + (packet.duration or 0)) * packet.time_base))
 
 
-def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState, video_id: str, uri: str, samples: frozenset[str]):
+def _duration_s(frame) -> float | None:
+    """A frame's own duration (s), None when it has none."""
+    if frame.duration and frame.duration > 0 and frame.time_base is not None:
+        return float(frame.duration * frame.time_base)
+    return None
+
+
+@dataclass(frozen=True)
+class FrameReader:
+    """What the pass takes from each decoded frame, all sizes fixed by the video's first frame: the
+    detector's input and, for the kinds some stage reads, a sampled RGB frame and a grey motion frame
+    (upright, square pixels)."""
+
+    geom: Geometry
+    detect_size: tuple[int, int]
+    detect_kind: str | None  # Detector.input_kind
+    detect_input_size: tuple[int, int] | None  # Detector.input_size
+    sample_size: tuple[int, int]
+    motion_size: tuple[int, int]
+
+    @classmethod
+    def for_video(cls, stream, first_frame, fcfg: FramesConfig, scfg, detector: Detector) -> "FrameReader":
+        geom = geometry(stream, first_frame)
+        return cls(
+            geom, detect_size(first_frame, scfg.detect_width), detector.input_kind, detector.input_size,
+            geom.coded_size(geom.scaled(fcfg.size)), geom.coded_size(geom.scaled(fcfg.motion_size)),
+        )
+
+    def detector_input(self, frame) -> np.ndarray | None:
+        return detector_input(self.detect_kind, self.detect_input_size, frame, self.detect_size)
+
+    def rgb(self, frame) -> np.ndarray:
+        return upright(to_rgb(frame, *self.sample_size), self.geom.rotation)
+
+    def luma(self, frame) -> np.ndarray:
+        return upright(to_luma(frame, *self.motion_size), self.geom.rotation)
+
+
+class _Pass:
+    """Everything the pass does with a decoded frame, in presentation order: its time, the shot
+    detector, clip shaping, sampled frames, and the clip records that become final. Fed by the
+    serial decode or, for a long video, by its segments' results (`decode_segment`), with the same
+    values either way."""
+
+    def __init__(self, cfg: PipelineConfig, info: VideoInfo, detector: Detector, state: _PassState, video_id: str, uri: str,
+                 samples: frozenset[str], origin: float):
+        fcfg = cfg.frames
+        self.fcfg, self.info, self.detector, self.video_id, self.uri = fcfg, info, detector, video_id, uri
+        self.tl = Timeline()
+        self.shaper = state.shaper = ClipShaper(cfg.clips, self.tl)
+        self.frames_buf = FrameBuffer(interval_s=1.0 / sample_fps(cfg), capacity=max(48, 4 * fcfg.count))
+        self.motion_buf = FrameBuffer(interval_s=1.0 / fcfg.motion_fps, capacity=512)
+        self.sample_rgb, self.sample_motion = "frames" in samples, "motion_frames" in samples
+        self.index = 0
+        self.origin = origin
+        self.last: float | None = None
+        self.step = 1.0 / info.fps  # nominal frame interval, for frames without a timestamp
+
+    def _records(self, windows) -> list[dict]:
+        return [
+            _clip_record(self.video_id, self.uri, self.info, self.tl, s, e, self.frames_buf, self.motion_buf, self.fcfg)
+            for s, e in windows
+        ]
+
+    def _prune(self) -> None:
+        if self.shaper.next_start is not None:
+            self.frames_buf.prune(self.shaper.next_start)
+            self.motion_buf.prune(self.shaper.next_start)
+
+    def add(self, t: float | None, duration: float | None, detect: np.ndarray | None, rgb, luma) -> list[dict]:
+        """One frame: its PTS `t` (s, the file's timeline; None when missing), its own `duration`
+        (s or None), the detector's input, and callables giving its sampled RGB and grey frames
+        (called only for frames the buffers keep). Returns the clip records this frame makes final."""
+        last, index = self.last, self.index
+        if t is None or (last is not None and t <= last):  # no or non-increasing PTS: assume the nominal step
+            t = self.step if last is None else last + self.step
+        if index and duration is None:
+            self.step = t - last
+        self.last = t
+        rel = t - self.origin
+        self.tl.add(rel)
+        out = []
+        for b in self.detector.push(index, detect):
+            out += self._records(self.shaper.boundary(b))
+            self._prune()
+        if self.sample_rgb and self.frames_buf.wants(rel):
+            self.frames_buf.add(index, rel, rgb())
+        if self.sample_motion and self.motion_buf.wants(rel):
+            self.motion_buf.add(index, rel, luma())
+        out += self._records(self.shaper.advance(index - self.detector.latency))
+        self._prune()
+        if duration is not None:
+            self.step = duration
+        self.index += 1
+        return out
+
+    def finish(self, container, stream, audio_end: float) -> list[dict]:
+        """Check the decoded frames against the container's metadata (VideoError when truncated or
+        not a video), update `info` with what was measured, and return the last clip records."""
+        if self.index == 0:
+            raise VideoError("no decodable frames")
+        if self.index == 1:
+            raise VideoError("only one frame: a still image, not a video")
+        info, tl = self.info, self.tl
+        tl.end = self.last + self.step - self.origin
+        _check_complete(container, stream, info, tl, audio_end)
+        info.num_frames = self.index  # what was decoded, not what the container declared
+        info.duration_s = tl.end
+        info.fps = self.index / tl.end
+        info.vfr = tl.vfr
+        out = []
+        for b in self.detector.finish(self.index):
+            out += self._records(self.shaper.boundary(b))
+        return out + self._records(self.shaper.finish(self.index))
+
+
+def sample_fps(cfg: PipelineConfig) -> float:
+    """Rate of the grid sampled RGB frames are kept on: enough for `frames.count` in the shortest clip."""
+    return max(2.0, cfg.frames.count / max(cfg.clips.min_duration_s, 0.5))
+
+
+# Segments of a long video decoded ahead of the one being merged: each result holds its sampled
+# frames (about 3 a second at `frames.size`, 1 MB each at 448 px: 100 MB for 30 s), so this bounds
+# what waits in the object store.
+SEGMENTS_AHEAD = 2
+# Containers whose index gives keyframe positions to seek to (MP4/MOV, Matroska/WebM); others
+# (MPEG-TS, AVI, raw streams) are decoded in one pass.
+SEEKABLE_FORMATS = ("mov", "mp4", "matroska", "webm")
+
+
+class SegmentUnsafe(Exception):
+    """A segment met frames it cannot place on its own (no PTS, PTS going backwards): the video is
+    decoded in one pass instead."""
+
+
+@dataclass
+class SegmentFrames:
+    """What `decode_segment` returns: per frame of the segment, in presentation order, its PTS (s),
+    own duration (s or None) and detector input; sampled RGB and grey frames for the frames that
+    are the first of their slot on the sampling grids (the only ones the pass's buffers can keep)."""
+
+    times: list[float] = field(default_factory=list)
+    durations: list[float | None] = field(default_factory=list)
+    detect: list[np.ndarray | None] = field(default_factory=list)
+    rgb: dict[int, np.ndarray] = field(default_factory=dict)  # position in the segment -> frame
+    luma: dict[int, np.ndarray] = field(default_factory=dict)
+    audio_end: float = -math.inf
+
+
+def decode_segment(path: str, decode_threads: int, reader: FrameReader, origin: float, grids: tuple[float | None, float | None],
+                   start_pts: int | None, end_pts: int | None) -> SegmentFrames:
+    """Decode the frames of the movie stream with start_pts <= PTS < end_pts (stream time base;
+    None: the file's start, its end), seeking to `start_pts`, a keyframe. `grids`: the sampling
+    intervals (s) of the RGB and grey frames, None for a kind no stage reads; `origin`: the first
+    frame's PTS (s). Frames an open GOP decodes before the keyframe belong to the segment before,
+    which decodes past its end until a frame reaches it. Raises SegmentUnsafe, VideoError,
+    av.error.FFmpegError."""
+    out = SegmentFrames()
+    last_slot = [-1, -1]
+    container, stream = open_video(path)
+    with container:
+        stream.thread_type = "AUTO"
+        if decode_threads:
+            stream.codec_context.thread_count = decode_threads
+        if start_pts is not None:
+            container.seek(start_pts, backward=True, any_frame=False, stream=stream)
+        last_other = [-math.inf]
+        for frame in _frames(container, stream, last_other):
+            if frame.pts is None:
+                raise SegmentUnsafe("a frame without a timestamp")
+            if start_pts is not None and frame.pts < start_pts:
+                continue
+            if end_pts is not None and frame.pts >= end_pts:
+                break
+            t = float(frame.time)
+            if out.times and t <= out.times[-1]:
+                raise SegmentUnsafe("timestamps going backwards")
+            k = len(out.times)
+            out.times.append(t)
+            out.durations.append(_duration_s(frame))
+            out.detect.append(reader.detector_input(frame))
+            for j, (grid, convert, kept) in enumerate(zip(grids, (reader.rgb, reader.luma), (out.rgb, out.luma))):
+                if grid is not None:
+                    slot = grid_slot(t - origin, grid)
+                    if slot > last_slot[j] or k == 0:  # the first frame: its slot may have started before
+                        kept[k] = convert(frame)
+                    last_slot[j] = slot
+        out.audio_end = last_other[0]
+    return out
+
+
+def segment_bounds(path: str, info: VideoInfo, first_pts: int, segment_s: float) -> list[int]:
+    """PTS (stream time base) of the keyframes nearest before every `segment_s` of a video after its
+    first frame: where its segments start. Empty when the video is shorter than two segments or
+    its container has no index to seek by."""
+    if not segment_s or info.duration_s < 2 * segment_s:
+        return []
+    container, stream = open_video(path)
+    with container:
+        if not any(f in SEEKABLE_FORMATS for f in container.format.name.split(",")) or stream.time_base is None:
+            return []
+        bounds: list[int] = []
+        n = int(info.duration_s // segment_s)
+        for k in range(1, n):
+            target = first_pts + int(k * segment_s / stream.time_base)
+            container.seek(target, backward=True, any_frame=False, stream=stream)
+            packet = next((p for p in container.demux(stream) if p.pts is not None), None)
+            if packet is None or not packet.is_keyframe:
+                return []
+            if packet.pts > (bounds[-1] if bounds else first_pts):
+                bounds.append(packet.pts)
+        return bounds
+
+
+def _copy(frames: dict[int, np.ndarray], k: int) -> np.ndarray:
+    """A segment's frame as an array of its own: a frame kept for a long shot must not hold on to
+    the whole segment it came in (one object in Ray's object store)."""
+    return frames[k].copy()
+
+
+def _local_segments(specs):
+    """Decode segments one after another in this process (the engine runs them as Ray tasks)."""
+    return (decode_segment(*spec) for spec in specs)
+
+
+def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState, video_id: str, uri: str, samples: frozenset[str],
+                 run_segments=None):
     if os.path.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
     fcfg, scfg = cfg.frames, cfg.shots
@@ -388,72 +635,55 @@ def _decode_pass(path, cfg: PipelineConfig, transnet_weights, state: _PassState,
         if info.fps <= 0:
             raise VideoError("no frame rate in the container")
         detector: Detector = make_detector(scfg, info.fps, transnet_weights)
-        tl = Timeline()
-        shaper = state.shaper = ClipShaper(cfg.clips, tl)
-
-        sample_fps = max(2.0, fcfg.count / max(cfg.clips.min_duration_s, 0.5))
-        frames_buf = FrameBuffer(interval_s=1.0 / sample_fps, capacity=max(48, 4 * fcfg.count))
-        motion_buf = FrameBuffer(interval_s=1.0 / fcfg.motion_fps, capacity=512)
-        sample_rgb, sample_motion = "frames" in samples, "motion_frames" in samples
-
-        def records(windows):
-            return [_clip_record(video_id, uri, info, tl, s, e, frames_buf, motion_buf, fcfg) for s, e in windows]
-
-        def prune():
-            if shaper.next_start is not None:
-                frames_buf.prune(shaper.next_start)
-                motion_buf.prune(shaper.next_start)
-
-        index = 0
-        origin = last = None
-        step = 1.0 / info.fps  # nominal frame interval, for frames without a timestamp
         last_other = [-math.inf]
-        geom = sizes = None
-        for frame in _frames(container, stream, last_other):
-            t = frame.time
-            if t is None or (last is not None and t <= last):  # no or non-increasing PTS: assume the nominal step
-                t = step if last is None else last + step
-            if index == 0:
-                origin = t
-                geom = geometry(stream, frame)
-                info = state.info = _info(container, stream, geom)
-                info.pts_offset_s = origin
-                sizes = {
-                    "detect": detect_size(frame, scfg.detect_width),
-                    "sample": geom.coded_size(geom.scaled(fcfg.size)),
-                    "motion": geom.coded_size(geom.scaled(fcfg.motion_size)),
-                }
-            elif frame.duration is None or frame.duration <= 0:
-                step = t - last
-            last = t
-            rel = t - origin
-            tl.add(rel)
-            for b in detector.push(index, detector_input(detector, frame, sizes["detect"])):
-                yield from records(shaper.boundary(b))
-                prune()
-            if sample_rgb and frames_buf.wants(rel):
-                frames_buf.add(index, rel, upright(to_rgb(frame, *sizes["sample"]), geom.rotation))
-            if sample_motion and motion_buf.wants(rel):
-                motion_buf.add(index, rel, upright(to_luma(frame, *sizes["motion"]), geom.rotation))
-            yield from records(shaper.advance(index - detector.latency))
-            prune()
-            if frame.duration and frame.time_base is not None:
-                step = float(frame.duration * frame.time_base)
-            index += 1
-
-        if index == 0:
+        frames = _frames(container, stream, last_other)
+        first = next(frames, None)
+        if first is None:
             raise VideoError("no decodable frames")
-        if index == 1:
-            raise VideoError("only one frame: a still image, not a video")
-        tl.end = last + step - origin
-        _check_complete(container, stream, info, tl, last_other[0])
-        info.num_frames = index  # what was decoded, not what the container declared
-        info.duration_s = tl.end
-        info.fps = index / tl.end
-        info.vfr = tl.vfr
-        for b in detector.finish(index):
-            yield from records(shaper.boundary(b))
-        yield from records(shaper.finish(index))
+        reader = FrameReader.for_video(stream, first, fcfg, scfg, detector)
+        origin = first.time if first.time is not None else 1.0 / info.fps
+        info = state.info = _info(container, stream, reader.geom)
+        info.pts_offset_s = origin
+        bounds = segment_bounds(path, info, first.pts, fcfg.segment_s) if first.pts is not None else []
+        if bounds:
+            emitted = 0
+            try:
+                for rec in _segmented(path, cfg, container, stream, reader, detector, state, video_id, uri, samples, origin, bounds,
+                                      run_segments or _local_segments):
+                    emitted += 1
+                    yield rec
+                return
+            except SegmentUnsafe:
+                pass
+            # Decoded in one pass from the start; the clips already sent are the same ones, not sent again.
+            yield from islice(_decode_pass(path, cfg.model_copy(update={"frames": fcfg.model_copy(update={"segment_s": 0.0})}),
+                                           transnet_weights, state, video_id, uri, samples), emitted, None)
+            return
+        p = _Pass(cfg, info, detector, state, video_id, uri, samples, origin)
+        for frame in chain([first], frames):
+            yield from p.add(frame.time, _duration_s(frame), reader.detector_input(frame),
+                             partial(reader.rgb, frame), partial(reader.luma, frame))
+        yield from p.finish(container, stream, last_other[0])
+
+
+def _segmented(path, cfg: PipelineConfig, container, stream, reader: FrameReader, detector, state, video_id, uri, samples,
+               origin: float, bounds: list[int], run_segments):
+    """The pass over a long video from its segments' decodes (run in parallel by `run_segments`,
+    results in order), with the values a single pass gives."""
+    p = _Pass(cfg, state.info, detector, state, video_id, uri, samples, origin)
+    grids = (p.frames_buf.interval_s if p.sample_rgb else None, p.motion_buf.interval_s if p.sample_motion else None)
+    edges = [None, *bounds, None]
+    # One decoder thread a segment unless set: a segment task holds one CPU, and frame threads cost
+    # about a third more CPU for the same frames (bench/README.md, "Long videos in segments").
+    threads = cfg.frames.decode_threads or 1
+    specs = [(path, threads, reader, origin, grids, a, b) for a, b in zip(edges, edges[1:])]
+    audio_end = -math.inf
+    for seg in run_segments(specs):
+        audio_end = max(audio_end, seg.audio_end)
+        for k, t in enumerate(seg.times):
+            yield from p.add(t, seg.durations[k], seg.detect[k], partial(_copy, seg.rgb, k), partial(_copy, seg.luma, k))
+        del seg  # before the next one arrives: one segment's frames at a time
+    yield from p.finish(container, stream, audio_end)
 
 
 def _check_complete(container, stream, info: VideoInfo, tl: Timeline, audio_end: float) -> None:

@@ -236,3 +236,17 @@ def test_bad_input_becomes_error_record(broken, kind, message):
     assert last["emitted_clips"] == len(recs) - 1
     v = last["video"]
     assert v["status"] == "error" and message in v["error"] and v["num_clips"] == 0
+
+
+def test_frame_buffer_keeps_only_the_first_frame_of_a_slot():
+    """Each frame kept is the first at or after its grid time, also after a prune has undone the
+    thinning (a segmented decode only hands over those frames)."""
+    buf = FrameBuffer(interval_s=1.0, capacity=2)
+    for i, t in enumerate([0.0, 1.0, 2.0]):
+        assert buf.wants(t)
+        buf.add(i, t, np.zeros((2, 2), np.uint8))
+    assert buf.step == 2
+    assert not buf.wants(3.0)  # slot 3: not on the thinned grid
+    buf.prune(3)
+    assert buf.step == 1 and not buf.wants(3.5)  # still slot 3, whose first frame was 3.0
+    assert buf.wants(4.2)
