@@ -7,9 +7,13 @@ per second: a frozen clip scores about 0, a slow pan a few hundredths, a whip pa
 `motion_score` is the mean over pairs; `motion_min` and `motion_max` catch a clip that freezes or
 jolts part of the way.
 
-Flow between frames half a second apart has a limited reach: DIS (the default) follows shifts up to
-about 15% of the frame width per pair (0.3 diagonals/s at 2 fps), Farneback about half that; faster
-motion is under-measured. Raise `frames.motion_fps` for footage full of whip pans.
+Flow between frames half a second apart has a limited reach: on the tests' textured pan, DIS
+tracks the true speed within 1% up to shifts of about 9% of the frame width per pair (0.2
+diagonals/s at 2 fps) and under-measures beyond (at 11%: 43% of the speed with the `fast` preset,
+54% with `medium`), Farneback reaches about half as far. Raise `frames.motion_fps` for footage full
+of whip pans. `preset: fast` (the default) costs 40% of `medium`'s CPU (215 quickstart clips: 1.6
+against 4.0 s) for the same AUC and margins in `bench/scoring_auc.py`; on real footage moving fast
+its scores run up to about 8% lower.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class MotionStage(Stage):
     reads: ClassVar[frozenset[str]] = frozenset({"motion_frames"})
 
     method: Literal["dis", "farneback"] = "dis"
+    # OpenCV's DIS presets: `fast` searches each pyramid level with fewer descent iterations than `medium`.
+    preset: Literal["ultrafast", "fast", "medium"] = "fast"
     # Thresholds on motion_score (frame diagonals per second), applied in filter mode.
     min_score: float | None = Field(0.002, ge=0)
     max_score: float | None = Field(None, ge=0)
@@ -56,7 +62,8 @@ class MotionStage(Stage):
         return rules
 
     def setup(self) -> None:
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if self.method == "dis" else None
+        preset = getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{self.preset.upper()}")
+        self._dis = cv2.DISOpticalFlow_create(preset) if self.method == "dis" else None
 
     def clip_motion(self, frames: np.ndarray, times: list[float]) -> list[float]:
         """Per-pair motion in frame diagonals per second, `times` the frames' presentation times (s;

@@ -57,3 +57,14 @@ def test_too_few_frames_gives_nulls():
 def test_rules():
     assert MotionStage(min_score=0.01, max_score=0.5).filter_rules() == ["motion_score >= 0.01", "motion_score <= 0.5"]
     assert MotionStage(min_score=None).filter_rules() == []
+
+
+def test_fast_and_medium_presets_agree_within_reach():
+    """The default `fast` DIS preset measures what `medium` does on motion within its reach."""
+    fast, medium = MotionStage(), MotionStage(preset="medium")
+    assert fast.preset == "fast"
+    for s in (fast, medium):
+        s.setup()
+    for speed in (0.25, 1.0, 2.0):
+        a, b = (s.process_batch([pan_record(speed)])[0]["motion_score"] for s in (fast, medium))
+        assert a == pytest.approx(b, rel=0.01)
