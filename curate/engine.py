@@ -308,7 +308,12 @@ def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage], log_
     # Model actors hold their logical CPUs for the whole run but sit idle between batches, so they
     # are counted on top of the machine's cores: decoding and pixel stages still get one task per core.
     actor_cpus = sum(s.num_cpus * s.pool_size for s in stages if s.uses_actors)
-    num_cpus = cfg.ray.num_cpus or (os.cpu_count() or 1) + math.ceil(actor_cpus)
+    # Pixel stages run as tasks beside decoding. A long video's segment tasks, which Ray Data does
+    # not see, take every CPU it counts as free for them, and their clips would wait until decoding
+    # ends: one more logical CPU keeps them running (the quickstart bench on 2 cores: first runs
+    # 22.4-24.2 s against 25.1-26.2 s, alternating; bench/README.md).
+    task_stage = any(not s.uses_actors and not isinstance(s, GlobalStage) for s in stages)
+    num_cpus = cfg.ray.num_cpus or (os.cpu_count() or 1) + math.ceil(actor_cpus) + int(task_stage)
     return connect_ray(address or cfg.ray.address, num_cpus, cfg.ray.object_store_memory, log_to_driver)
 
 
