@@ -14,9 +14,10 @@ processes with Ray Data imported. Nothing of curate's is loaded by it. The pipel
 in this process on that Ray: the first run is the number that counts (curate's imports in every
 worker, its models and set-up included); the second shows what is left once those are paid for.
 CPU seconds (FFmpeg's, and the machine's during each run: this process and every Ray process,
-those that exit during the run included) are reported beside wall times; run it on a quiet machine. Before all that, the same pipeline runs
-once as a user runs it, `python -m curate run` in a fresh process, timed from start to exit (the
-interpreter, imports, Ray's start-up, the run and its report): the whole-process figure.
+those that exit during the run included) are reported beside wall times; run it on a quiet
+machine. Before all that, the same pipeline runs once as a user runs it, `python -m curate run`
+in a fresh process, timed from start to exit (the interpreter, imports, Ray's start-up, the run
+and its report): the whole-process figure.
 
     python bench/decode_ratio.py [--loops bikes.mp4=18 bigbuckbunny.mp4=24] [--set shots.detector=stride]
                                  [--pipeline PIPELINE.yaml] [--no-ray-data-start]

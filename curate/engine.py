@@ -131,14 +131,18 @@ def _segment_task():
     return ray.remote(num_cpus=1, max_retries=0)(_decode_segment)
 
 
+# Segments of a long video decoded ahead of the one being merged: each result holds its sampled
+# frames (about 3 a second at `frames.size`, 1 MB each at 448 px: 100 MB for 30 s), so this bounds
+# what waits in the object store.
+SEGMENTS_AHEAD = 2
+
+
 def run_segments_on_ray(specs):
     """A long video's segments (`curate.split.decode_segment` arguments) as Ray tasks on this node
     (where the local copy is), SEGMENTS_AHEAD of them decoding ahead of the one being merged; their
     results in order. The task waiting on them gives its CPU back to Ray meanwhile."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from curate.split import SEGMENTS_AHEAD
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     task = _segment_task().options(scheduling_strategy=here)

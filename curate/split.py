@@ -517,10 +517,6 @@ def sample_fps(cfg: PipelineConfig) -> float:
     return max(2.0, cfg.frames.count / max(cfg.clips.min_duration_s, 0.5))
 
 
-# Segments of a long video decoded ahead of the one being merged: each result holds its sampled
-# frames (about 3 a second at `frames.size`, 1 MB each at 448 px: 100 MB for 30 s), so this bounds
-# what waits in the object store.
-SEGMENTS_AHEAD = 2
 # Containers whose index gives keyframe positions to seek to (MP4/MOV, Matroska/WebM); others
 # (MPEG-TS, AVI, raw streams) are decoded in one pass.
 SEEKABLE_FORMATS = ("mov", "mp4", "matroska", "webm")
