@@ -130,43 +130,60 @@ def clip_file(row: dict) -> str | None:
     return path if path and path != row["source_uri"] else None
 
 
-def pack_array(a: np.ndarray | None) -> dict | None:
-    if a is None:
-        return None
-    a = np.ascontiguousarray(a, dtype=np.uint8)
-    return {"data": a.tobytes(), "shape": list(a.shape)}
+def _array_column(values: list) -> pa.ChunkedArray:
+    """An ARRAY_TYPE column (uint8 bytes and shape) from arrays or None: one chunk per row, each
+    wrapping its array's own memory (no copy here; Ray copies blocks into its object store once)."""
+    chunks = []
+    for v in values:
+        a = np.empty(0, np.uint8) if v is None else np.ascontiguousarray(v, dtype=np.uint8)
+        data = pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(np.array([0, a.nbytes], np.int32)), pa.py_buffer(a)])
+        shape = pa.array([None if v is None else list(a.shape)], pa.list_(pa.int32()))
+        chunks.append(pa.StructArray.from_arrays([data, shape], fields=list(ARRAY_TYPE), mask=pa.array([v is None])))
+    return pa.chunked_array(chunks, ARRAY_TYPE)
 
 
-def unpack_array(d: dict | None) -> np.ndarray | None:
-    if d is None:
-        return None
-    return np.frombuffer(d["data"], dtype=np.uint8).reshape(d["shape"])
+def _arrays(column: pa.ChunkedArray) -> list:
+    """The arrays of an ARRAY_TYPE column (read-only views of its buffers, no copy) or None."""
+    out: list = []
+    for chunk in column.chunks:
+        data, shapes = chunk.flatten()  # children with the struct's offset and nulls applied
+        offsets = np.frombuffer(data.buffers()[1], np.int32)[data.offset : data.offset + len(data) + 1]
+        values = np.frombuffer(data.buffers()[2], np.uint8) if len(data) and offsets[-1] > 0 else np.empty(0, np.uint8)
+        values.flags.writeable = False  # the table's memory, perhaps shared with other blocks
+        for i, shape in enumerate(shapes.to_pylist()):
+            out.append(None if not chunk[i].is_valid else values[offsets[i] : offsets[i + 1]].reshape(shape))
+    return out
 
 
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows (with unpacked arrays) to an Arrow table of exactly `schema`; missing keys become nulls,
-    except in COLLECTION_COLUMNS, where they become empty lists."""
+    except in COLLECTION_COLUMNS, where they become empty lists. Array columns are built from the
+    arrays' buffers (a Python bytes object per frame cost a second copy and most of the time)."""
     collections = [n for n in schema.names if n in COLLECTION_COLUMNS]
+    arrays = [n for n in schema.names if n in ARRAY_COLUMNS]
     packed = []
     for r in rows:
-        p = dict(r)
-        for name in ARRAY_COLUMNS:
-            v = p.get(name)
-            if isinstance(v, np.ndarray):
-                p[name] = pack_array(v)
+        p = {k: v for k, v in r.items() if k not in ARRAY_COLUMNS}
         for name in collections:
             if p.get(name) is None:
                 p[name] = []
         packed.append(p)
-    return pa.Table.from_pylist(packed, schema=schema)
+    table = pa.Table.from_pylist(packed, schema=pa.schema([f for f in schema if f.name not in ARRAY_COLUMNS]))
+    for name in arrays:
+        values = [r.get(name) for r in rows]
+        if any(v is not None and not isinstance(v, np.ndarray) for v in values):
+            raise TypeError(f"{name}: expected numpy arrays or None")
+        table = table.add_column(schema.get_field_index(name), schema.field(name), _array_column(values))
+    return table
 
 
 def from_table(table: pa.Table) -> list[dict]:
-    rows = table.to_pylist()
-    for r in rows:
-        for name in ARRAY_COLUMNS:
-            if name in r:
-                r[name] = unpack_array(r[name])
+    """Rows of a table; array columns become read-only numpy views of the table's buffers."""
+    arrays = [n for n in table.column_names if n in ARRAY_COLUMNS]
+    rows = table.drop_columns(arrays).to_pylist()
+    for name in arrays:
+        for r, a in zip(rows, _arrays(table.column(name))):
+            r[name] = a
     return rows
 
 
