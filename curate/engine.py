@@ -133,8 +133,10 @@ def _segment_task():
 
 # Segments of a long video decoded ahead of the one being merged: each result holds its sampled
 # frames (about 3 a second at `frames.size`, 1 MB each at 448 px: 100 MB for 30 s), so this bounds
-# what waits in the object store.
-SEGMENTS_AHEAD = 2
+# what waits in the object store. One, not two: Ray Data does not see segment tasks, and with three
+# of them holding the logical CPUs the scoring stages waited until decoding ended (quickstart bench
+# on 2 CPUs: 21.5 s a run against 23.9, bench/README.md).
+SEGMENTS_AHEAD = 1
 
 
 def run_segments_on_ray(specs):
@@ -382,7 +384,7 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
     sink = committer.target(driver_schema(stages).names)
     full_schema = manifest_schema(stages, transient=True)
     # Each operator's output schema; the last one writes the fragments' (transient columns dropped).
-    schemas = [full_schema] * len(flowing) + [driver_schema(stages)]
+    schemas = [carried(full_schema, flowing[k:]) for k in range(len(flowing))] + [driver_schema(stages)]
     sinks = [None] * len(flowing) + [sink]
     ds = ray.data.from_items([{"source_uri": u} for u in pending], override_num_blocks=len(pending))
     ds = ds.map_batches(
@@ -413,6 +415,13 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
         else:
             ds = ds.map_batches(partial(run_stage_task, stage=stage, schema=schema, sink=stage_sink), **common)
     return ds
+
+
+def carried(schema: pa.Schema, later: list[Stage]) -> pa.Schema:
+    """`schema` less the transient columns that no stage in `later` reads (PASSTHROUGH stays): sampled
+    frames stop at the last stage that reads them instead of riding every later hop to the driver."""
+    read = set().union(*(s.reads for s in later))
+    return pa.schema([f for f in schema if f.name not in TRANSIENT_NAMES or f.name in PASSTHROUGH or f.name in read])
 
 
 def _global_stage_outputs() -> list[pa.Field]:

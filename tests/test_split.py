@@ -250,3 +250,22 @@ def test_frame_buffer_keeps_only_the_first_frame_of_a_slot():
     buf.prune(3)
     assert buf.step == 1 and not buf.wants(3.5)  # still slot 3, whose first frame was 3.0
     assert buf.wants(4.2)
+
+
+def test_sampled_frames_stop_at_the_last_stage_that_reads_them():
+    """Each operator hands on only the transient columns a later stage reads: after quality and
+    motion the text stage still gets both kinds of frames; after text, the filter gets neither."""
+    from curate.config import stage_class
+    from curate.engine import carried, manifest_schema
+    from filters.filter import FilterStage
+
+    quality, motion, text = (stage_class(n)() for n in ("quality", "motion", "text"))
+    keep = FilterStage(rules=["text_area_ratio <= 0.02"])
+    full = manifest_schema([quality, motion, text, keep], transient=True)
+    after = [carried(full, later).names for later in ([quality, motion, text, keep], [motion, text, keep], [text, keep], [keep])]
+    for names in after[:3]:
+        assert {"frames", "motion_frames"} <= set(names)
+    assert "frames" not in after[3] and "motion_frames" not in after[3]
+    assert {"frame_times", "video", "busy", "text_area_ratio", "errors"} <= set(after[3])
+    only_motion = carried(full, [motion, keep]).names
+    assert "motion_frames" in only_motion and "frames" not in only_motion
