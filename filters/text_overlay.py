@@ -80,8 +80,8 @@ def box_sides(box: np.ndarray) -> tuple[float, float]:
     return float(max(w, h)), float(min(w, h))
 
 
-def static_regions(gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Connected regions (x, y, w, h) of pixels that are edges in every frame of `gray`
+def static_regions(gray: np.ndarray) -> np.ndarray:
+    """Connected regions (N x 4: x, y, w, h) of pixels that are edges in every frame of `gray`
     (K x H x W uint8, K >= 2) and whose grey level varies by at most STILL_LEVELS across them,
     after closing the gaps between characters."""
     kernel = np.ones((3, 3), np.uint8)
@@ -89,7 +89,7 @@ def static_regions(gray: np.ndarray) -> list[tuple[int, int, int, int]]:
     still = (gray.max(0) - gray.min(0)) <= STILL_LEVELS
     mask = cv2.morphologyEx((edges & still).astype(np.uint8), cv2.MORPH_CLOSE, LINE_KERNEL)
     _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    return [tuple(int(v) for v in s[:4]) for s in stats[1:]]
+    return stats[1:, :4]
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -214,9 +214,11 @@ class TextOverlayStage(Stage):
         tallest = STATIC_MAX_LINE_PX * max(1.0, max(h, w) / self.ocr_size)
         changed = (gray.max(0) - gray.min(0)) > MOVED_LEVELS
         crops = np.zeros((h, w), np.uint8)
-        for x, y, bw, bh in static_regions(gray):
-            if not (STATIC_MIN_LINE_PX <= bh <= min(tallest, self.max_line_height * h) and bw >= STATIC_ASPECT * bh):
-                continue
+        regions = static_regions(gray)
+        bw, bh = regions[:, 2], regions[:, 3]
+        # Line-shaped ones only (a textured picture has hundreds of regions: sorted out in one go).
+        line = (bh >= STATIC_MIN_LINE_PX) & (bh <= min(tallest, self.max_line_height * h)) & (bw >= STATIC_ASPECT * bh)
+        for x, y, bw, bh in regions[line].tolist():
             # Only where the picture around it moves: on a still picture this is no sign of an overlay.
             around = changed[max(0, y - bh) : y + 2 * bh, max(0, x - bh) : x + bw + bh]
             if around.sum() - changed[y : y + bh, x : x + bw].sum() < MOVING_SHARE * (around.size - bw * bh):
