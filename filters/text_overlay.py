@@ -215,9 +215,9 @@ class TextOverlayStage(Stage):
         changed = (gray.max(0) - gray.min(0)) > MOVED_LEVELS
         crops = np.zeros((h, w), np.uint8)
         regions = static_regions(gray)
-        bw, bh = regions[:, 2], regions[:, 3]
+        widths, heights = regions[:, 2], regions[:, 3]
         # Line-shaped ones only (a textured picture has hundreds of regions: sorted out in one go).
-        line = (bh >= STATIC_MIN_LINE_PX) & (bh <= min(tallest, self.max_line_height * h)) & (bw >= STATIC_ASPECT * bh)
+        line = (heights >= STATIC_MIN_LINE_PX) & (heights <= min(tallest, self.max_line_height * h)) & (widths >= STATIC_ASPECT * heights)
         for x, y, bw, bh in regions[line].tolist():
             # Only where the picture around it moves: on a still picture this is no sign of an overlay.
             around = changed[max(0, y - bh) : y + 2 * bh, max(0, x - bh) : x + bw + bh]
