@@ -352,6 +352,11 @@ def connect_ray(address: str | None, num_cpus: int | None = None, object_store_m
         configure_logging=True,
         logging_level=logging.WARNING,
         log_to_driver=log_to_driver,
+        # Ray kills a worker idle for 1 s once there are more than its CPUs, and a run's phases
+        # (decode segments, then stage tasks) then start new ones, each importing Ray Data and curate
+        # again (about 2 CPU s): 2-5 worker starts a quickstart run with Ray's default, 1 (the text
+        # actor) with a minute (bench/README.md, "Quickstart pipeline throughput").
+        _system_config={"idle_worker_killing_time_threshold_ms": 60_000},
     )
     return ray
 
