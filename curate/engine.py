@@ -425,7 +425,7 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
 def carried(schema: pa.Schema, later: list[Stage]) -> pa.Schema:
     """`schema` less the transient columns that no stage in `later` reads (PASSTHROUGH stays): sampled
     frames stop at the last stage that reads them instead of riding every later hop to the driver."""
-    read = set().union(*(s.reads for s in later))
+    read = read_by(later)
     return pa.schema([f for f in schema if f.name not in TRANSIENT_NAMES or f.name in PASSTHROUGH or f.name in read])
 
 
@@ -438,7 +438,12 @@ def _global_stage_outputs() -> list[pa.Field]:
 def frames_read(stages: list[Stage]) -> frozenset[str]:
     """The sampled frames (SAMPLED_FRAMES) some stage reads: the decode pass converts and keeps only
     those (a decode-only run none, a motion-only one the small grey frames)."""
-    return SAMPLED_FRAMES & set().union(*(s.reads for s in stages))
+    return SAMPLED_FRAMES & read_by(stages)
+
+
+def read_by(stages: list[Stage]) -> frozenset[str]:
+    """The transient columns some stage in `stages` reads (or writes, `Stage.reads`)."""
+    return frozenset().union(*(s.reads for s in stages))
 
 
 def longest_first(uris: list[str]) -> list[str]:

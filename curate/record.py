@@ -148,10 +148,11 @@ def _arrays(column: pa.ChunkedArray) -> list:
     for chunk in column.chunks:
         data, shapes = chunk.flatten()  # children with the struct's offset and nulls applied
         offsets = np.frombuffer(data.buffers()[1], np.int32)[data.offset : data.offset + len(data) + 1]
-        values = np.frombuffer(data.buffers()[2], np.uint8) if len(data) and offsets[-1] > 0 else np.empty(0, np.uint8)
+        buf = data.buffers()[2]  # None when every row is empty
+        values = np.frombuffer(buf, np.uint8) if buf is not None else np.empty(0, np.uint8)
         values.flags.writeable = False  # the table's memory, perhaps shared with other blocks
-        for i, shape in enumerate(shapes.to_pylist()):
-            out.append(None if not chunk[i].is_valid else values[offsets[i] : offsets[i + 1]].reshape(shape))
+        for i, (valid, shape) in enumerate(zip(chunk.is_valid().to_pylist(), shapes.to_pylist())):
+            out.append(values[offsets[i] : offsets[i + 1]].reshape(shape) if valid else None)
     return out
 
 
