@@ -1,8 +1,8 @@
 """Runs a pipeline on Ray Data: sources -> split (decode once, detect, shape) -> stages -> manifests.
 
 Ray Data does the scheduling, streaming and backpressure; this module only wires stages into
-`map_batches` (model stages as actor pools, pixel stages as tasks) and commits finished videos on
-the driver. Records that are video-only (no clip) or not eligible for a kept-only stage pass
+`map_batches` (model stages as actor pools, pixel stages in the decode tasks or as tasks:
+`operator_stages`) and commits finished videos on the driver. Records that are video-only (no clip) or not eligible for a kept-only stage pass
 around `process_batch` untouched.
 """
 
@@ -162,10 +162,11 @@ def run_segments_on_ray(specs):
 
 
 def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights: str | None, sink: FragmentTarget | None = None,
-                samples: frozenset[str] = SAMPLED_FRAMES):
+                samples: frozenset[str] = SAMPLED_FRAMES, stages: tuple[Stage, ...] = ()):
     """Ray Data UDF: one source row in, a stream of record tables (of `schema`) out; when split is
     the run's last operator (`sink`), the video's rows are written as one fragment and its report
-    comes out instead. `samples`: the sampled frames the stages read.
+    comes out instead. `samples`: the sampled frames the stages read; `stages`: the pixel stages
+    this task runs on its clip records before they leave it (`operator_stages`).
 
     A failure to read the source (I/O, S3, timeouts) is marked retryable; what the splitter says
     about the media itself (not a video, truncated, ...) and a source that is not a regular file
@@ -173,16 +174,22 @@ def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights
     from curate.split import split_video, video_record
 
     hold_to_cpus(1)
+    runner = _runner(stages, schema) if stages else None
     for uri in batch.column("source_uri").to_pylist():
         t0 = time.perf_counter()
         rows: list[dict] = []
         sent = 0
+        staged_s = 0.0  # in `stages`, counted as theirs
         try:
             with local_copy(uri, cfg.input.s3) as path:
                 for rec in split_video(uri, path, cfg, weights, samples, run_segments_on_ray):
                     if rec["clip_id"] is None:
-                        rec["busy"] = _busy("split", time.perf_counter() - t0, rec["video"].get("num_frames") or 0)
+                        rec["busy"] = _busy("split", time.perf_counter() - t0 - staged_s, rec["video"].get("num_frames") or 0)
                         rec["retryable"] = False
+                    elif runner is not None:
+                        t1 = time.perf_counter()
+                        rec = runner.apply([rec])[0]
+                        staged_s += time.perf_counter() - t1
                     rows.append(rec)
                     if sink is None and len(rows) >= 4:
                         yield to_table(rows, schema)
@@ -199,42 +206,25 @@ def split_batch(batch: pa.Table, cfg: PipelineConfig, schema: pa.Schema, weights
 
 
 class StageRunner:
-    """Adapts a Stage to Ray Data: unpacks arrays, routes eligible records through process_batch,
-    and when a batch fails, runs its clips one by one so that only a clip that fails on its own
-    carries the error (`errors`: "stage: Type: message"; never swallowed, never fatal)."""
+    """Adapts a chain of stages (one Ray Data operator, `operator_stages`) to Ray Data: unpacks
+    arrays, routes eligible records through each stage's process_batch in turn, and when a batch
+    fails, runs its clips one by one so that only a clip that fails on its own carries the error
+    (`errors`: "stage: Type: message"; never swallowed, never fatal)."""
 
-    def __init__(self, stage: Stage, schema: pa.Schema, sink: FragmentTarget | None = None):
-        self.stage = stage
-        self.schema = schema  # of the output: the fragments' when this is the last stage
-        self.sink = sink  # the last stage writes its output as a fragment and returns the report
-        hold_to_cpus(stage.num_cpus)
-        self.stage.setup()
+    def __init__(self, stages: list[Stage], schema: pa.Schema, sink: FragmentTarget | None = None):
+        self.stages = list(stages)
+        self.schema = schema  # of the output: the fragments' when this is the last operator
+        self.sink = sink  # the last operator writes its output as a fragment and returns the report
+        self.reads = read_by(self.stages)
+        hold_to_cpus(self.stages[0].num_cpus)
+        for stage in self.stages:
+            stage.setup()
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        # Transient columns the stage does not read skip the round trip through Python objects and
-        # are re-attached unchanged when the output has them (for the filter, that is every frame).
-        untouched = [c for c in TRANSIENT_NAMES - PASSTHROUGH if c in table.column_names and c not in self.stage.reads]
-        rows = from_table(table.drop_columns(untouched))
-        idx = [
-            i
-            for i, r in enumerate(rows)
-            if r["clip_id"] is not None and (not self.stage.kept_only or r.get("kept", True))
-        ]
-        t0 = time.perf_counter()
-        if idx:
-            batch = [rows[i] for i in idx]
-            try:
-                out = self._process(batch)
-            except Exception as e:
-                if len(batch) == 1:
-                    out = [self._failed(batch[0], e)]
-                else:
-                    log.warning("stage %s failed on a batch of %d, retrying its clips one by one: %s", self.stage.name, len(batch), e)
-                    out = [self._one(r) for r in batch]
-            share = (time.perf_counter() - t0) / len(idx)
-            for i, r in zip(idx, out):
-                r["busy"] = list(r.get("busy") or []) + _busy(self.stage.name, share, len(r.get("frame_indices") or []))
-                rows[i] = r
+        # Transient columns no stage here reads skip the round trip through Python objects and are
+        # re-attached unchanged when the output has them.
+        untouched = [c for c in TRANSIENT_NAMES - PASSTHROUGH if c in table.column_names and c not in self.reads]
+        rows = self.apply(from_table(table.drop_columns(untouched)))
         attach = [c for c in untouched if c in self.schema.names]
         out = to_table(rows, pa.schema([f for f in self.schema if f.name not in attach]))
         for c in attach:
@@ -242,35 +232,66 @@ class StageRunner:
         out = out.select(self.schema.names)
         return self.sink.write(out) if self.sink is not None else out
 
-    def _process(self, batch: list[dict]) -> list[dict]:
+    def apply(self, rows: list[dict]) -> list[dict]:
+        """`rows` through every stage, in order (video-only rows, and clips a kept-only stage does
+        not take, pass untouched); each stage's time is added to the clips' `busy`."""
+        rows = list(rows)
+        for stage in self.stages:
+            idx = [i for i, r in enumerate(rows) if r["clip_id"] is not None and (not stage.kept_only or r.get("kept", True))]
+            if not idx:
+                continue
+            t0 = time.perf_counter()
+            batch = [rows[i] for i in idx]
+            try:
+                out = self._process(stage, batch)
+            except Exception as e:
+                if len(batch) == 1:
+                    out = [self._failed(stage, batch[0], e)]
+                else:
+                    log.warning("stage %s failed on a batch of %d, retrying its clips one by one: %s", stage.name, len(batch), e)
+                    out = [self._one(stage, r) for r in batch]
+            share = (time.perf_counter() - t0) / len(idx)
+            for i, r in zip(idx, out):
+                r["busy"] = list(r.get("busy") or []) + _busy(stage.name, share, len(r.get("frame_indices") or []))
+                rows[i] = r
+        return rows
+
+    @staticmethod
+    def _process(stage: Stage, batch: list[dict]) -> list[dict]:
         # Shallow copies: a stage that fails midway may have updated some records in place, and
         # the one-by-one retry must see them as they came.
-        out = self.stage.process_batch([dict(r) for r in batch])
+        out = stage.process_batch([dict(r) for r in batch])
         if len(out) != len(batch):
             raise RuntimeError(f"returned {len(out)} records for {len(batch)}")
         return out
 
-    def _one(self, rec: dict) -> dict:
+    def _one(self, stage: Stage, rec: dict) -> dict:
         try:
-            return self._process([rec])[0]
+            return self._process(stage, [rec])[0]
         except Exception as e:
-            return self._failed(rec, e)
+            return self._failed(stage, rec, e)
 
-    def _failed(self, rec: dict, e: Exception) -> dict:
-        log.warning("stage %s failed on clip %s: %s\n%s", self.stage.name, rec["clip_id"], e, traceback.format_exc())
-        return {**rec, "errors": list(rec.get("errors") or []) + [f"{self.stage.name}: {type(e).__name__}: {e}"]}
+    @staticmethod
+    def _failed(stage: Stage, rec: dict, e: Exception) -> dict:
+        log.warning("stage %s failed on clip %s: %s\n%s", stage.name, rec["clip_id"], e, traceback.format_exc())
+        return {**rec, "errors": list(rec.get("errors") or []) + [f"{stage.name}: {type(e).__name__}: {e}"]}
 
 
 _TASK_RUNNERS: dict[str, StageRunner] = {}
 
 
-def run_stage_task(table: pa.Table, stage: Stage, schema: pa.Schema, sink: FragmentTarget | None = None) -> pa.Table:
-    """Task-mode entry: one StageRunner (and one setup()) per worker process, reused across tasks."""
-    key = f"{stage.name}:{stage.model_dump_json()}:{schema.names}:{sink}"
+def _runner(stages, schema: pa.Schema, sink: FragmentTarget | None = None) -> StageRunner:
+    """One StageRunner (and one setup() per stage) per worker process and chain, reused across tasks."""
+    key = f"{[(s.name, s.model_dump_json()) for s in stages]}:{schema.names}:{sink}"
     runner = _TASK_RUNNERS.get(key)
     if runner is None:
-        runner = _TASK_RUNNERS[key] = StageRunner(stage, schema, sink)
-    return runner(table)
+        runner = _TASK_RUNNERS[key] = StageRunner(stages, schema, sink)
+    return runner
+
+
+def run_stage_task(table: pa.Table, stages: tuple[Stage, ...], schema: pa.Schema, sink: FragmentTarget | None = None) -> pa.Table:
+    """Task-mode entry for an operator of stages (`operator_stages`)."""
+    return _runner(stages, schema, sink)(table)
 
 
 # ---------------------------------------------------------------- driver side
@@ -314,11 +335,13 @@ def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage], log_
     # Model actors hold their logical CPUs for the whole run but sit idle between batches, so they
     # are counted on top of the machine's cores: decoding and pixel stages still get one task per core.
     actor_cpus = sum(s.num_cpus * s.pool_size for s in stages if s.uses_actors)
-    # Pixel stages run as tasks beside decoding. A long video's segment tasks, which Ray Data does
-    # not see, take every CPU it counts as free for them, and their clips would wait until decoding
-    # ends: one more logical CPU keeps them running (the quickstart bench on 2 cores: first runs
-    # 22.4-24.2 s against 25.1-26.2 s, alternating; bench/README.md).
-    task_stage = any(not s.uses_actors and not isinstance(s, GlobalStage) for s in stages)
+    # Stages with task operators of their own (operator_stages: the clip writer, pixel stages after a
+    # model stage) run beside decoding. A long video's segment tasks, which Ray Data does not see,
+    # take every CPU it counts as free for them, and their clips would wait until decoding ends: one
+    # more logical CPU keeps them running (the quickstart bench on 2 cores, when quality and motion
+    # were such tasks: first runs 22.4-24.2 s against 25.1-26.2 s, alternating; bench/README.md).
+    _, operators = operator_stages([s for s in stages if not isinstance(s, GlobalStage)])
+    task_stage = any(not op[0].uses_actors for op in operators)
     num_cpus = cfg.ray.num_cpus or (os.cpu_count() or 1) + math.ceil(actor_cpus) + int(task_stage)
     return connect_ray(address or cfg.ray.address, num_cpus, cfg.ray.object_store_memory, log_to_driver)
 
@@ -388,12 +411,15 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
     transnet_weights = weights.get(transnetv2_ref(cfg.shots).name) if cfg.shots.detector == "transnetv2" else None
     sink = committer.target(driver_schema(stages).names)
     full_schema = manifest_schema(stages, transient=True)
+    in_decode, operators = operator_stages(flowing)
     # Each operator's output schema; the last one writes the fragments' (transient columns dropped).
-    schemas = [carried(full_schema, flowing[k:]) for k in range(len(flowing))] + [driver_schema(stages)]
-    sinks = [None] * len(flowing) + [sink]
+    later = [[s for op in operators[k:] for s in op] for k in range(len(operators))]
+    schemas = [carried(full_schema, stages_after) for stages_after in later] + [driver_schema(stages)]
+    sinks = [None] * len(operators) + [sink]
     ds = ray.data.from_items([{"source_uri": u} for u in pending], override_num_blocks=len(pending))
     ds = ds.map_batches(
-        partial(split_batch, cfg=cfg, schema=schemas[0], weights=transnet_weights, sink=sinks[0], samples=frames_read(flowing)),
+        partial(split_batch, cfg=cfg, schema=schemas[0], weights=transnet_weights, sink=sinks[0], samples=frames_read(flowing),
+                stages=tuple(in_decode)),
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=1,
@@ -403,7 +429,8 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
         memory=DECODE_MEMORY_BYTES,
         compute=ray.data.TaskPoolStrategy(size=split_concurrency),
     )
-    for stage, schema, stage_sink in zip(flowing, schemas[1:], sinks[1:]):
+    for op, schema, op_sink in zip(operators, schemas[1:], sinks[1:]):
+        stage = op[0]  # the operator's resources are its first stage's (the others are light)
         num_gpus = stage.num_gpus if stage.num_gpus is not None else (
             stage.gpu_fraction if (stage.uses_gpu and gpus) else 0
         )
@@ -411,15 +438,42 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
         if stage.uses_actors:
             ds = ds.map_batches(
                 StageRunner,
-                fn_constructor_kwargs={"stage": stage, "schema": schema, "sink": stage_sink},
+                fn_constructor_kwargs={"stages": op, "schema": schema, "sink": op_sink},
                 compute=ray.data.ActorPoolStrategy(size=stage.pool_size),
                 # Declared memory also keeps Ray Data from fusing pixel tasks into model actors.
                 memory=(stage.memory_mb or stage.default_memory_mb) * 1024**2,
                 **common,
             )
         else:
-            ds = ds.map_batches(partial(run_stage_task, stage=stage, schema=schema, sink=stage_sink), **common)
+            ds = ds.map_batches(partial(run_stage_task, stages=tuple(op), schema=schema, sink=op_sink), **common)
     return ds
+
+
+def operator_stages(flowing: list[Stage]) -> tuple[list[Stage], list[list[Stage]]]:
+    """How the flowing stages map onto Ray Data operators: (the stages the decode tasks run on their
+    own clip records, then the stages of each operator after decoding, in order).
+
+    Pixel stages at the head of the order (no model, no GPU, on every clip, one CPU) run in the
+    decode task, where the frames already are: an operator of their own would take every sampled
+    frame through the object store and Arrow once more, plus a task and a worker hop per block. A
+    light stage (`Stage.light`: the filter) runs in the operator before it. Every other stage is an
+    operator of its own: a model stage's actor pool, or tasks (the clip writer) that spread over
+    the cluster on their own. Quickstart bench on 2 CPUs: bench/README.md, "Quickstart pipeline
+    throughput"."""
+    in_decode: list[Stage] = []
+    operators: list[list[Stage]] = []
+    for stage in flowing:
+        if not operators and _pixel_stage(stage):
+            in_decode.append(stage)
+        elif stage.light:
+            (operators[-1] if operators else in_decode).append(stage)
+        else:
+            operators.append([stage])
+    return in_decode, operators
+
+
+def _pixel_stage(stage: Stage) -> bool:
+    return not (stage.uses_actors or stage.uses_gpu or stage.num_gpus or stage.kept_only or stage.light) and stage.num_cpus <= 1
 
 
 def carried(schema: pa.Schema, later: list[Stage]) -> pa.Schema:

@@ -4,7 +4,8 @@ A stage is a small pydantic model: its fields are its YAML section (validated, u
 refused) plus the resources it asks Ray for. `setup()` loads models once per worker or actor;
 `process_batch()` takes clip records and returns them with the stage's columns filled and is
 otherwise pure. Stages that hold a model run as a Ray actor pool (`pool_size` actors, each with
-`num_gpus` of a GPU when one is present); pixel stages run as plain Ray tasks.
+`num_gpus` of a GPU when one is present); pixel stages run in the decode tasks or as plain Ray
+tasks (curate.engine.operator_stages).
 
 Scores and decisions are separate: a scoring stage always writes its columns unless its mode is
 `off`; whether a threshold removes the clip is decided later by the filter stage from the
@@ -35,6 +36,9 @@ class Stage(BaseModel):
     order: ClassVar[int] = 100
     # Stages that only make sense on clips the filter kept (captioning, transcoding) set this.
     kept_only: ClassVar[bool] = False
+    # A few microseconds a clip over its columns (the filter's rules): runs in the Ray Data operator
+    # before it instead of one of its own (engine.operator_stages).
+    light: ClassVar[bool] = False
     # Transient columns (frames, motion_frames, frame_embeddings, ...) the stage reads or writes.
     reads: ClassVar[frozenset[str]] = frozenset({"frames", "motion_frames", "frame_embeddings", "frame_embeddings_model"})
 

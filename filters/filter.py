@@ -68,6 +68,7 @@ class FilterStage(Stage):
     name: ClassVar[str] = "filter"
     order: ClassVar[int] = 60
     reads: ClassVar[frozenset[str]] = frozenset()
+    light: ClassVar[bool] = True
 
     mode: Mode = "filter"
     rules: list[str] = []

@@ -265,7 +265,7 @@ def test_a_clip_that_fails_in_a_stage_fails_alone(tmp_path, clips3):
             for s, e in windows]
     stage = TranscodeStage(output=str(tmp_path / "out"), batch_size=3)
     schema = manifest_schema([stage], transient=True)
-    out = StageRunner(stage, schema)(to_table(recs, schema)).to_pylist()
+    out = StageRunner([stage], schema)(to_table(recs, schema)).to_pylist()
     assert [bool(r["errors"]) for r in out] == [False, False, True]
     assert out[2]["errors"] == [f"transcode: RuntimeError: decoded 0 of the 30 frames in [16.000, 17.200) s of {uri}"]
     for r in out[:2]:

@@ -269,3 +269,57 @@ def test_sampled_frames_stop_at_the_last_stage_that_reads_them():
     assert {"frame_times", "video", "busy", "text_area_ratio", "errors"} <= set(after[3])
     only_motion = carried(full, [motion, keep]).names
     assert "motion_frames" in only_motion and "frames" not in only_motion
+
+
+def test_pixel_stages_run_in_the_decode_task_and_the_filter_with_the_stage_before_it():
+    """The quickstart's quality and motion run where the frames are decoded, text in its actors
+    with the filter; a stage that asks for more than the decode task's one CPU, or for a GPU,
+    keeps an operator of its own, as do the clip writer and every stage after a model stage."""
+    from curate.config import stage_class
+    from curate.engine import operator_stages
+    from curate.transcode import TranscodeStage
+    from filters.filter import FilterStage
+
+    quality, motion, text, embedding = (stage_class(n)() for n in ("quality", "motion", "text", "embedding"))
+    keep = FilterStage(rules=["text_area_ratio <= 0.02"])
+    write = TranscodeStage(output="out")
+
+    def names(stages):
+        in_decode, operators = operator_stages(stages)
+        return [s.name for s in in_decode], [[s.name for s in op] for op in operators]
+
+    assert names([quality, motion, text, keep]) == (["quality", "motion"], [["text", "filter"]])
+    assert names([quality, motion, keep, write]) == (["quality", "motion", "filter"], [["transcode"]])
+    assert names([keep]) == (["filter"], [])
+    assert names([text, motion]) == ([], [["text"], ["motion"]])
+    assert names([quality.model_copy(update={"num_cpus": 2}), motion]) == ([], [["quality"], ["motion"]])
+    assert names([motion.model_copy(update={"num_gpus": 1}), quality]) == ([], [["motion"], ["quality"]])
+    assert names([text, embedding, keep]) == ([], [["text"], ["embedding", "filter"]])
+
+
+def test_the_decode_task_scores_its_clips_as_the_stages_alone_would(tmp_path):
+    """split_batch with the pixel stages: each clip leaves the decode task with the scores the
+    stages give the same records on their own, and with their time counted as theirs, not split's."""
+    import pyarrow as pa
+
+    from curate.config import stage_class
+    from curate.engine import carried, manifest_schema, split_batch
+
+    path = str(tmp_path / "cuts.mp4")
+    cut_video(path, [45, 60])
+    cfg = cfg_for(clips={"min_duration_s": 0.5})
+    quality, motion, text = (stage_class(n)() for n in ("quality", "motion", "text"))
+    schema = carried(manifest_schema([quality, motion, text], transient=True), [text])
+    tables = list(split_batch(pa.table({"source_uri": [path]}), cfg, schema, None, stages=(quality, motion)))
+    rows = [r for t in tables for r in t.to_pylist()]
+    clips, video = [r for r in rows if r["clip_id"]], [r for r in rows if not r["clip_id"]]
+    assert len(clips) == 2 and len(video) == 1
+    alone = [r for r in split_video(path, path, cfg) if r["clip_id"]]
+    quality.setup(), motion.setup()
+    alone = motion.process_batch(quality.process_batch(alone))
+    for got, want in zip(clips, alone):
+        for col in ("sharpness", "motion_score", "frozen_share"):
+            assert got[col] == pytest.approx(want[col]), col
+        assert [b["stage"] for b in got["busy"]] == ["quality", "motion"]
+        assert got["frames"] is not None and got["text_area_ratio"] is None  # for the text stage to come
+    assert [b["stage"] for b in video[0]["busy"]] == ["split"]
