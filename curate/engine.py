@@ -2,8 +2,8 @@
 
 Ray Data does the scheduling, streaming and backpressure; this module only wires stages into
 `map_batches` (model stages as actor pools, pixel stages in the decode tasks or as tasks:
-`operator_stages`) and commits finished videos on the driver. Records that are video-only (no clip) or not eligible for a kept-only stage pass
-around `process_batch` untouched.
+`operator_stages`) and commits finished videos on the driver. Records that are video-only (no
+clip) or not eligible for a kept-only stage pass around `process_batch` untouched.
 """
 
 from __future__ import annotations
@@ -413,8 +413,7 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
     full_schema = manifest_schema(stages, transient=True)
     in_decode, operators = operator_stages(flowing)
     # Each operator's output schema; the last one writes the fragments' (transient columns dropped).
-    later = [[s for op in operators[k:] for s in op] for k in range(len(operators))]
-    schemas = [carried(full_schema, stages_after) for stages_after in later] + [driver_schema(stages)]
+    schemas = [carried(full_schema, sum(operators[k:], [])) for k in range(len(operators))] + [driver_schema(stages)]
     sinks = [None] * len(operators) + [sink]
     ds = ray.data.from_items([{"source_uri": u} for u in pending], override_num_blocks=len(pending))
     ds = ds.map_batches(
@@ -463,17 +462,12 @@ def operator_stages(flowing: list[Stage]) -> tuple[list[Stage], list[list[Stage]
     in_decode: list[Stage] = []
     operators: list[list[Stage]] = []
     for stage in flowing:
-        if not operators and _pixel_stage(stage):
-            in_decode.append(stage)
-        elif stage.light:
+        pixel = not (stage.uses_actors or stage.uses_gpu or stage.num_gpus or stage.kept_only) and stage.num_cpus <= 1
+        if stage.light or (pixel and not operators):
             (operators[-1] if operators else in_decode).append(stage)
         else:
             operators.append([stage])
     return in_decode, operators
-
-
-def _pixel_stage(stage: Stage) -> bool:
-    return not (stage.uses_actors or stage.uses_gpu or stage.num_gpus or stage.kept_only or stage.light) and stage.num_cpus <= 1
 
 
 def carried(schema: pa.Schema, later: list[Stage]) -> pa.Schema:
