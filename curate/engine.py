@@ -265,11 +265,12 @@ class StageRunner:
             raise RuntimeError(f"returned {len(out)} records for {len(batch)}")
         return out
 
-    def _one(self, stage: Stage, rec: dict) -> dict:
+    @staticmethod
+    def _one(stage: Stage, rec: dict) -> dict:
         try:
-            return self._process(stage, [rec])[0]
+            return StageRunner._process(stage, [rec])[0]
         except Exception as e:
-            return self._failed(stage, rec, e)
+            return StageRunner._failed(stage, rec, e)
 
     @staticmethod
     def _failed(stage: Stage, rec: dict, e: Exception) -> dict:
@@ -340,7 +341,7 @@ def init_ray(cfg: PipelineConfig, address: str | None, stages: list[Stage], log_
     # take every CPU it counts as free for them, and their clips would wait until decoding ends: one
     # more logical CPU keeps them running (the quickstart bench on 2 cores, when quality and motion
     # were such tasks: first runs 22.4-24.2 s against 25.1-26.2 s, alternating; bench/README.md).
-    _, operators = operator_stages([s for s in stages if not isinstance(s, GlobalStage)])
+    _, operators = operator_stages(flowing_stages(stages))
     task_stage = any(not op[0].uses_actors for op in operators)
     num_cpus = cfg.ray.num_cpus or (os.cpu_count() or 1) + math.ceil(actor_cpus) + int(task_stage)
     return connect_ray(address or cfg.ray.address, num_cpus, cfg.ray.object_store_memory, log_to_driver)
@@ -446,6 +447,11 @@ def _dataset(ray, cfg: PipelineConfig, stages: list[Stage], flowing: list[Stage]
         else:
             ds = ds.map_batches(partial(run_stage_task, stages=tuple(op), schema=schema, sink=op_sink), **common)
     return ds
+
+
+def flowing_stages(stages: list[Stage]) -> list[Stage]:
+    """The stages clip records flow through (all but those run once over the whole manifest)."""
+    return [s for s in stages if not isinstance(s, GlobalStage)]
 
 
 def operator_stages(flowing: list[Stage]) -> tuple[list[Stage], list[list[Stage]]]:
@@ -585,7 +591,7 @@ def _run(
         added_later=_global_stage_outputs,
     )
     summary = RunSummary(inputs=0)
-    flowing = [s for s in stages if not isinstance(s, GlobalStage)]
+    flowing = flowing_stages(stages)
     metrics_data: dict = {}
     committer = ray = None
     for page, is_last in _pages(iter_sources(cfg.input), cfg.input.page_size):
